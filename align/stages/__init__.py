@@ -1,0 +1,61 @@
+"""Stage registry. A stage is ``run(recipe) -> StageResult``; no stage imports another.
+
+Modules are named as strings and imported on use, so ``align --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+RESULT_FILE = "stage_result.json"
+
+
+@dataclass
+class StageResult:
+    """What a finished stage hands on: its output dir and final metrics.
+
+    Saved as ``stage_result.json``, written last: its presence means the stage finished,
+    which is how a pipeline knows it may skip the stage on a re-run.
+    """
+
+    output_dir: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def save(self) -> None:
+        payload = {"output_dir": str(self.output_dir), "metrics": self.metrics}
+        (Path(self.output_dir) / RESULT_FILE).write_text(json.dumps(payload, indent=2, default=float))
+
+    @classmethod
+    def load(cls, output_dir: str | Path) -> "StageResult | None":
+        path = Path(output_dir) / RESULT_FILE
+        if not path.is_file():
+            return None
+        payload = json.loads(path.read_text())
+        return cls(output_dir=Path(payload["output_dir"]), metrics=payload.get("metrics", {}))
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    schema: str  # "module:Class" of the recipe schema
+    runner: str  # "module:function" taking the validated recipe
+    help: str
+
+    def load_schema(self) -> type:
+        return _import(self.schema)
+
+    def load_runner(self) -> Callable[[Any], StageResult]:
+        return _import(self.runner)
+
+
+STAGES: dict[str, StageSpec] = {
+    "sft": StageSpec("align.config:SFTRecipe", "align.stages.sft:run", "supervised fine-tuning (TRL SFTTrainer)"),
+}
+
+
+def _import(target: str) -> Any:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,84 @@
+"""Supervised fine-tuning through TRL's SFTTrainer.
+
+    align sft recipes/sft.yaml training.max_steps=20
+
+The run directory ends up holding a model that loads with ``from_pretrained``:
+full weights (full / partial), the merged model plus ``adapter/`` (LoRA / QLoRA),
+or the peft soft-prompt adapter (prompt tuning, which cannot be merged).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from trl import SFTConfig, SFTTrainer
+
+from align.config import SFTRecipe
+from align.data import load_records
+from align.models import load_policy, merge_adapter, partial_callbacks
+from align.stages import StageResult
+from align.training import (
+    hf_training_kwargs,
+    prepare_run_dir,
+    resume_checkpoint,
+    trainer_callbacks,
+    write_model_card,
+)
+
+logger = logging.getLogger("align.sft")
+
+
+def run(recipe: SFTRecipe) -> StageResult:
+    out = prepare_run_dir(recipe, recipe.training.output_dir)
+    data = load_records(recipe.data, default_kind="sft", want="sft")
+    logger.info("data: %d train / %d eval rows %s", len(data.train), len(data.eval or []), data.stats)
+    model, tokenizer = load_policy(recipe.model)
+
+    args = SFTConfig(
+        **hf_training_kwargs(recipe.training),
+        max_length=recipe.training.max_length,
+        packing=recipe.sft.packing,
+        completion_only_loss=recipe.sft.completion_only_loss,
+        # Multi-turn chats train on assistant turns only when the template marks them.
+        assistant_only_loss=recipe.sft.completion_only_loss and _marks_assistant_turns(tokenizer, data.train),
+        dataset_num_proc=None,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=tokenizer,
+        callbacks=trainer_callbacks(recipe.training, out) + partial_callbacks(recipe.model),
+    )
+    train_output = trainer.train(resume_from_checkpoint=resume_checkpoint(recipe.training))
+    metrics = {"train/loss": train_output.training_loss, "train/steps": trainer.state.global_step}
+    if data.eval is not None:
+        metrics.update({k.replace("eval_", "eval/"): v for k, v in trainer.evaluate().items()})
+
+    _save_final_model(trainer, recipe, out)
+    result = StageResult(output_dir=out, metrics=metrics)
+    if trainer.is_world_process_zero():
+        write_model_card(out, recipe, metrics, title=f"SFT of {recipe.model.name_or_path}")
+        result.save()
+    return result
+
+
+def _marks_assistant_turns(tokenizer, dataset) -> bool:  # noqa: ANN001
+    """TRL's assistant-only mask needs ``{% generation %}`` in the chat template and a messages column."""
+    template = tokenizer.chat_template or ""
+    return "messages" in dataset.column_names and "{% generation %}" in template
+
+
+def _save_final_model(trainer: SFTTrainer, recipe: SFTRecipe, out: Path) -> None:
+    """Full weights at the run root; LoRA adapters in adapter/ and the merged model at the root."""
+    method = recipe.model.method
+    if method in ("lora", "qlora"):
+        trainer.save_model(str(out / "adapter"))
+        if trainer.is_world_process_zero():
+            merge_adapter(recipe.model, out / "adapter", out)
+    else:
+        trainer.save_model(str(out))
+    if trainer.is_world_process_zero():
+        trainer.processing_class.save_pretrained(str(out))

@@ -1,0 +1,194 @@
+"""Run-directory plumbing shared by every stage that trains with an HF ``Trainer``.
+
+A run directory holds the resolved recipe, ``metrics.jsonl``, checkpoints, the final
+model, a model card and ``stage_result.json`` (see ``align.stages.StageResult``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from transformers import EarlyStoppingCallback, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from align.config import TrainingConfig
+from align.recipe import dump_recipe
+from align.stages import StageResult
+
+logger = logging.getLogger("align")
+
+def is_main_process() -> bool:
+    """Rank 0 under the deepspeed/accelerate launchers, or a plain single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Rank 0 logs at ``level``; other ranks only warnings, so a 2-GPU run prints one log."""
+    logging.basicConfig(
+        level=level if is_main_process() else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def prepare_run_dir(recipe: BaseModel, output_dir: str | Path) -> Path:
+    """Create the run directory and save the resolved recipe; log it once."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if is_main_process():
+        dump_recipe(recipe, out / "recipe.yaml")
+        logger.info("run dir %s; resolved recipe saved to recipe.yaml", out)
+    return out
+
+
+def report_to(training: TrainingConfig) -> list[str]:
+    """Resolve ``report_to``: wandb runs offline when no API key is set, so runs never need network."""
+    wants_wandb = training.report_to == "wandb" or (
+        training.report_to == "auto" and importlib.util.find_spec("wandb") is not None
+    )
+    if not wants_wandb:
+        return []
+    if "WANDB_API_KEY" not in os.environ:
+        os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_PROJECT", training.wandb_project)
+    return ["wandb"]
+
+
+def hf_training_kwargs(training: TrainingConfig) -> dict[str, Any]:
+    """Keyword arguments for ``TrainingArguments`` (and TRL's configs built on it)."""
+    has_eval = training.eval_steps is not None
+    return dict(
+        output_dir=training.output_dir,
+        seed=training.seed,
+        max_steps=training.max_steps,
+        num_train_epochs=training.num_epochs,
+        per_device_train_batch_size=training.per_device_batch_size,
+        per_device_eval_batch_size=training.per_device_batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        learning_rate=training.learning_rate,
+        lr_scheduler_type=training.lr_scheduler,
+        warmup_steps=training.warmup_ratio,
+        weight_decay=training.weight_decay,
+        max_grad_norm=training.max_grad_norm,
+        logging_steps=training.logging_steps,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=training.eval_steps,
+        save_strategy="steps" if training.save_steps else "no",
+        save_steps=training.save_steps or 500,
+        save_total_limit=training.save_total_limit,
+        load_best_model_at_end=training.early_stopping_patience is not None,
+        metric_for_best_model="eval_loss" if training.early_stopping_patience is not None else None,
+        report_to=report_to(training),
+        deepspeed=training.deepspeed,
+        gradient_checkpointing=training.gradient_checkpointing,
+        bf16=training.bf16,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=not is_main_process(),
+    )
+
+
+def resume_checkpoint(training: TrainingConfig) -> str | None:
+    """The last ``checkpoint-N`` in output_dir when ``resume: true``; None to start fresh."""
+    if not training.resume:
+        return None
+    out = Path(training.output_dir)
+    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if last is None:
+        logger.warning("resume: true but no checkpoint in %s; starting from step 0", out)
+    else:
+        logger.info("resuming from %s", last)
+    return last
+
+
+def trainer_callbacks(training: TrainingConfig, output_dir: Path) -> list[Any]:
+    """Callbacks every HF-trainer stage uses: metrics.jsonl + progress line, and early stopping."""
+    callbacks: list[Any] = [MetricsJsonlCallback(output_dir / "metrics.jsonl")]
+    if training.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=training.early_stopping_patience))
+    return callbacks
+
+
+def namespace_metrics(logs: dict[str, Any]) -> dict[str, Any]:
+    """HF log keys -> namespaced names: ``loss`` -> ``train/loss``, ``eval_loss`` -> ``eval/loss``.
+
+    Keys that already carry a namespace (``rewards/chosen``) are kept as they are.
+    """
+    out = {}
+    for key, value in logs.items():
+        if key.startswith("eval_"):
+            out["eval/" + key.removeprefix("eval_")] = value
+        elif "/" in key:
+            out[key] = value
+        else:
+            out["train/" + key] = value
+    return out
+
+
+class MetricsJsonlCallback(TrainerCallback):
+    """Append every log to metrics.jsonl and print one progress line: step, loss, ms/step, tokens/s."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._last_time = time.perf_counter()
+        self._last_step = 0
+        self._last_tokens = 0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - HF callback signature
+        if not state.is_world_process_zero or not logs:
+            return
+        now = time.perf_counter()
+        steps = max(state.global_step - self._last_step, 1)
+        tokens = state.num_input_tokens_seen or 0
+        elapsed = max(now - self._last_time, 1e-9)
+        record = {"step": state.global_step, "epoch": state.epoch, **namespace_metrics(logs)}
+        if "loss" in logs:
+            record["perf/ms_per_step"] = 1000 * elapsed / steps
+            record["perf/tokens_per_s"] = (tokens - self._last_tokens) / elapsed
+            logger.info(
+                "step %d | loss %.4f | %.0f ms/step | %.0f tok/s",
+                state.global_step,
+                logs["loss"],
+                record["perf/ms_per_step"],
+                record["perf/tokens_per_s"],
+            )
+            self._last_time, self._last_step, self._last_tokens = now, state.global_step, tokens
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record, default=float) + "\n")
+
+
+def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(output_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_model_card(output_dir: Path, recipe: BaseModel, metrics: dict[str, Any], title: str) -> None:
+    """A short README.md: what was trained, on what, and the final metrics."""
+    if not is_main_process():
+        return
+    data = recipe.model_dump(mode="json")
+    lines = [
+        f"# {title}",
+        "",
+        f"Trained with `align {data.get('stage', '')}`. The full recipe is in `recipe.yaml`.",
+        "",
+        f"- base model: `{data.get('model', {}).get('name_or_path', '?')}`",
+        f"- method: `{data.get('model', {}).get('method', '?')}`",
+        f"- data: `{data.get('data', {}).get('path', '?') if isinstance(data.get('data'), dict) else data.get('data')}`",
+        "",
+        "## Final metrics",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+    ]
+    lines += [f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
+              for key, value in sorted(metrics.items())]
+    (output_dir / "README.md").write_text("\n".join(lines) + "\n")
