@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 Schema = TypeVar("Schema", bound=BaseModel)
+_UNKNOWN_KEY = re.compile(r"unknown key '([^']+)'(.*)", re.S)
 _SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
@@ -70,8 +71,13 @@ def validate(schema: type[Schema], data: dict[str, Any], source: str | Path = "<
     except ValidationError as err:
         lines = []
         for problem in err.errors():
-            key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+            loc = [str(part) for part in problem["loc"]]
             message = problem["msg"].removeprefix("Value error, ")
+            unknown = _UNKNOWN_KEY.match(message)
+            if unknown:  # put the offending key into the path: training.lerning_rate
+                loc.append(unknown.group(1))
+                message = "unknown key" + unknown.group(2)
+            key = ".".join(loc) or "(top level)"
             lines.append(f"  {key}: {message}")
         raise RecipeError(f"{source}: invalid recipe\n" + "\n".join(lines)) from None
 

@@ -47,7 +47,7 @@ def test_unknown_key_names_full_path_and_suggests(tmp_path: Path) -> None:
         load_recipe(SFTRecipe, path)
     message = str(err.value)
     assert str(path) in message
-    assert "training: unknown key 'lerning_rate'; did you mean 'learning_rate'?" in message
+    assert "training.lerning_rate: unknown key; did you mean 'learning_rate'?" in message
 
 
 def test_missing_required_key_and_bad_value_are_listed(tmp_path: Path) -> None:

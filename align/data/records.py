@@ -44,6 +44,10 @@ SFT_FORMS: dict[str, tuple[str, ...]] = {
     "text": ("text",),
 }
 
+CANONICAL_FIELDS = frozenset(
+    {"prompt", "completion", "messages", "text", "chosen", "rejected", "margin", "responses", "ranks", "response", "score"}
+)
+
 Messages = list[dict[str, str]]
 Prompt = str | Messages
 
