@@ -82,7 +82,7 @@ def test_finished_stage_is_skipped_unless_forced_or_changed(tmp_path: Path) -> N
     assert CALLS == ["a", "b"]  # both skipped
     run_pipeline(path, force={"b"})
     assert CALLS == ["a", "b", "b"]
-    run_pipeline(path, ["a.value=2"])  # a changed recipe is not "done"
+    run_pipeline(path, ["a.value=two"])  # a changed recipe is not "done"
     assert CALLS == ["a", "b", "b", "a"]
 
 
