@@ -24,7 +24,9 @@ from align.data.errors import DataError
 from align.data.records import CANONICAL_FIELDS, describe, is_messages
 
 FORMATS = ("jsonl", "json", "csv", "parquet", "disk", "hub")
-SUFFIX_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+SUFFIX_FORMATS = {
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"
+}
 DISK_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
 
 
@@ -42,12 +44,15 @@ def detect_format(path: str) -> str:
     if p.is_dir():
         if any((p / marker).exists() for marker in DISK_MARKERS):
             return "disk"
-        raise DataError(path, "is a directory but not a datasets.save_to_disk one (no dataset_info.json or dataset_dict.json)")
+        raise DataError(
+            path, "is a directory but not a datasets.save_to_disk one (no dataset_info.json or dataset_dict.json)"
+        )
     suffix = p.suffix.lower()
     if suffix in SUFFIX_FORMATS:
         return SUFFIX_FORMATS[suffix]
     if p.exists():
-        raise DataError(path, f"cannot guess the format from the extension {suffix or '(none)'!r}; set format to one of {', '.join(FORMATS)}")
+        hint = f"set format to one of {', '.join(FORMATS)}"
+        raise DataError(path, f"cannot guess the format from the extension {suffix or '(none)'!r}; {hint}")
     return "hub"
 
 
@@ -81,7 +86,8 @@ def _check_mapping(path: str, columns: dict[str, str]) -> None:
     for canon in columns:
         if canon not in CANONICAL_FIELDS:
             close = difflib.get_close_matches(canon, sorted(CANONICAL_FIELDS), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; canonical fields: {', '.join(sorted(CANONICAL_FIELDS))}"
+            known = ", ".join(sorted(CANONICAL_FIELDS))
+            hint = f"; did you mean '{close[0]}'?" if close else f"; canonical fields: {known}"
             raise DataError(path, f"columns maps unknown field '{canon}'{hint}")
 
 
@@ -116,7 +122,7 @@ def _mapped(rows: Iterable[RawRow], columns: dict[str, str], decode_csv: bool) -
 
 
 def _read_jsonl(path: str) -> Iterator[RawRow]:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -128,7 +134,7 @@ def _read_jsonl(path: str) -> Iterator[RawRow]:
 
 
 def _read_json(path: str) -> Iterator[RawRow]:
-    text = Path(path).read_text(encoding="utf-8")
+    text = Path(path).read_text(encoding="utf-8-sig")
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
@@ -143,7 +149,7 @@ def _read_json(path: str) -> Iterator[RawRow]:
 
 
 def _read_csv(path: str) -> Iterator[RawRow]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         for n, rec in enumerate(reader, 1):
             # line_num is the record's last line; step back over newlines inside quoted cells

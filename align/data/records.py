@@ -45,7 +45,8 @@ SFT_FORMS: dict[str, tuple[str, ...]] = {
 }
 
 CANONICAL_FIELDS = frozenset(
-    {"prompt", "completion", "messages", "text", "chosen", "rejected", "margin", "responses", "ranks", "response", "score"}
+    {"prompt", "completion", "messages", "text", "chosen", "rejected", "margin"}
+    | {"responses", "ranks", "response", "score"}
 )
 
 Messages = list[dict[str, str]]
@@ -153,7 +154,8 @@ def _sft(row: dict[str, Any], where: str) -> dict[str, Any]:
     if "text" in row:
         return {"text": _text(row["text"], where, "text")}
     have = ", ".join(sorted(row)) or "nothing"
-    raise DataError(where, f"missing; an sft row needs 'messages', 'prompt'+'completion' or 'text' (row has: {have})", "messages")
+    detail = f"missing; an sft row needs 'messages', 'prompt'+'completion' or 'text' (row has: {have})"
+    raise DataError(where, detail, "messages")
 
 
 def _preference(row: dict[str, Any], where: str) -> dict[str, Any]:
@@ -187,7 +189,8 @@ def _ranking(row: dict[str, Any], where: str) -> dict[str, Any]:
     responses = [_text(r, where, f"responses[{i}]") for i, r in enumerate(responses)]
     ranks = _get(row, "ranks", where)
     if not isinstance(ranks, list) or len(ranks) != len(responses):
-        raise DataError(where, f"expected a list of {len(responses)} ranks (one per response), got {describe(ranks)}", "ranks")
+        detail = f"expected a list of {len(responses)} ranks (one per response), got {describe(ranks)}"
+        raise DataError(where, detail, "ranks")
     ranks = [_rank(r, where, i) for i, r in enumerate(ranks)]
     seen: dict[str, int] = {}
     for text, rank in zip(responses, ranks):
@@ -216,6 +219,25 @@ def validate_row(kind: RecordKind, row: dict[str, Any], where: str) -> dict[str,
     if not isinstance(row, dict):
         raise DataError(where, f"expected an object (one record), got {describe(row)}")
     return _VALIDATORS[kind](row, where)
+
+
+def guess_kind(row: Any) -> RecordKind | None:
+    """The kind a raw row's keys suggest, for a hint when the stage's default kind does not fit."""
+    if not isinstance(row, dict):
+        return None
+    keys = set(row)
+    for kind, needed in (
+        ("ranking", {"responses", "ranks"}),
+        ("rating", {"response", "score"}),
+        ("preference", {"chosen", "rejected"}),
+        ("sft", {"messages"}),
+        ("sft", {"completion"}),
+        ("sft", {"text"}),
+        ("prompt", {"prompt"}),
+    ):
+        if needed <= keys:
+            return kind  # type: ignore[return-value]
+    return None
 
 
 # --------------------------------------------------------------------------- dataset-level form
