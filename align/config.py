@@ -185,5 +185,306 @@ class PipelineRecipe(Section):
     )
 
 
-def recipe_path_label(path: str | Path | None) -> str:
-    return str(path) if path is not None else "<recipe>"
+# --------------------------------------------------------------------------- reward model
+
+
+class RewardLossWeights(Section):
+    """Weights of the total loss ``sum_kind weight * loss_kind`` over the kinds present in a batch."""
+
+    preference: float = Field(1.0, ge=0, description="Weight of the pair loss on preference records.")
+    tie: float = Field(1.0, ge=0, description="Weight of the tie loss (two-response rankings with equal ranks).")
+    rating: float = Field(1.0, ge=0, description="Weight of the regression loss on rating records.")
+    ranking: float = Field(1.0, ge=0, description="Weight of the listwise loss on ranking records.")
+
+
+class RewardOptions(Section):
+    pooling: Literal["cls", "mean"] = Field(
+        "mean", description="Vector the head reads: the first token ([CLS]) or the masked mean of all tokens."
+    )
+    head_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout before the linear head.")
+    pair_loss: Literal["bradley_terry"] = Field(
+        "bradley_terry", description="Loss on preference pairs: -logsigmoid(r_chosen - r_rejected - margin)."
+    )
+    use_margin: bool = Field(True, description="Use each pair's 'margin' in the pair loss (else margin 0).")
+    tie_loss: Literal["half_win", "squared"] = Field(
+        "half_win",
+        description="Penalty pulling tied scores together: 'half_win' (BT cross-entropy vs 1/2), 'squared' (d^2).",
+    )
+    rating_loss: Literal["mse", "huber"] = Field("mse", description="Regression loss on ratings.")
+    huber_delta: float = Field(1.0, gt=0, description="Huber threshold (in standardised rating units).")
+    standardize_ratings: bool = Field(
+        True, description="Regress on ratings z-scored with the training ratings' mean and std."
+    )
+    ranking_loss: Literal["plackett_luce", "pairwise"] = Field(
+        "plackett_luce",
+        description="Loss on rankings: listwise Plackett-Luce (ties by Breslow), or BT on all pairs + tie loss.",
+    )
+    weights: RewardLossWeights = Field(default_factory=RewardLossWeights)
+    normalize: bool = Field(
+        True, description="After training, standardise scores to mean 0, std 1 on the training responses."
+    )
+    normalize_max_samples: int = Field(
+        20000, gt=1, description="Measure the normalisation on at most this many training responses."
+    )
+    clip: float | None = Field(None, gt=0, description="Clamp normalised scores to [-clip, clip].")
+    reliability_bins: int = Field(10, ge=2, description="Bins of the reliability curve (reliability.png).")
+
+
+class RewardRecipe(StageRecipe):
+    """``align reward``: a BERT-style encoder + head trained on preferences, rankings and ratings.
+
+    ``data`` is one source or a list of them; each source's kind (``kind:``, default
+    preference) may differ, and all train together.
+    """
+
+    stage: Literal["reward"] = "reward"
+    model: ModelConfig = Field(
+        default_factory=lambda: ModelConfig(
+            name_or_path="minilm-l6", lora=LoraSettings(target_modules=["query", "key", "value"])
+        )
+    )
+    data: list[DataConfig] = Field(..., min_length=1)
+    training: TrainingConfig = Field(default_factory=lambda: TrainingConfig(output_dir="runs/reward"))
+    reward: RewardOptions = Field(default_factory=RewardOptions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_source_is_a_list(cls, values: Any) -> Any:
+        if isinstance(values, dict) and isinstance(values.get("data"), dict):
+            values = {**values, "data": [values["data"]]}
+        return values
+
+    @model_validator(mode="after")
+    def _supported(self) -> "RewardRecipe":
+        if self.model.method not in ("full", "lora"):
+            raise ValueError(f"model.method='{self.model.method}' is not supported by the reward stage; use 'full' or 'lora'")
+        for i, source in enumerate(self.data):
+            if source.kind not in (None, "preference", "ranking", "rating"):
+                raise ValueError(
+                    f"data[{i}].kind='{source.kind}': the reward model trains on preference, ranking or rating records"
+                )
+        return self
+
+
+# --------------------------------------------------------------------------- online RL: PPO, GRPO / RLOO
+
+
+class RLTrainingConfig(TrainingConfig):
+    """``training`` of the PPO stage, where one step is one iteration: sample, score, update."""
+
+    max_steps: int = Field(100, gt=0, description="PPO iterations; each generates, scores and runs ppo.epochs of updates.")
+    per_device_batch_size: int = Field(4, gt=0, description="Sequences per forward/backward (micro-batch) on each process.")
+    gradient_accumulation_steps: int = Field(
+        1, gt=0, description="Micro-batches per optimizer step; a PPO minibatch is per_device_batch_size x this."
+    )
+    learning_rate: float = Field(1e-6, gt=0)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts"] = "constant"
+    save_steps: int | None = Field(50, gt=0, description="Checkpoint every N iterations; null saves only the final model.")
+    logging_steps: int = Field(1, gt=0, description="Progress line every N iterations (metrics.jsonl gets every one).")
+
+
+class JudgeSettings(Section):
+    judge: str = Field(
+        ..., description="An `align reward` output directory, or 'module:function' taking (prompts, responses) -> floats."
+    )
+    batch_size: int = Field(32, gt=0, description="Pairs per reward-model forward pass.")
+    normalize: bool = Field(True, description="Reward model only: apply its training-set normalisation (mean 0, std 1).")
+    missing_eos_penalty: float | None = Field(
+        None, ge=0, description="Subtracted from the score of a response cut at max_new_tokens without EOS."
+    )
+    clip: float | None = Field(None, gt=0, description="Clip scores to [-clip, clip] after the penalty.")
+
+
+class SamplingSettings(Section):
+    max_new_tokens: int = Field(48, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="Sample from the k most likely tokens; 0 disables.")
+
+
+class GenerationSettings(SamplingSettings):
+    batch_size: int = Field(16, gt=0, description="Prompts per generate call.")
+
+
+class ValueSettings(Section):
+    model: Literal["head", "separate"] = Field(
+        "head", description="'head': a linear value head on the policy's trunk; 'separate': its own trunk plus head."
+    )
+    init_from: str | None = Field(
+        None, description="'separate': starting weights of the critic (a causal LM with the policy's tokenizer); default the policy's."
+    )
+
+
+class PPOSettings(Section):
+    rollouts_per_iteration: int = Field(16, gt=0, description="Prompts (one response each) per iteration on each process.")
+    epochs: int = Field(4, gt=0, description="Passes of minibatch updates over each iteration's rollouts.")
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount per token.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    clip_range: float = Field(0.2, gt=0, description="Policy ratio clip epsilon.")
+    clip_range_value: float = Field(0.2, gt=0, description="Value clip: new values stay within this of the rollout's.")
+    vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss.")
+    ent_coef: float = Field(0.0, ge=0, description="Weight of the entropy bonus.")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k1", description="Per-token KL to the reference in the reward.")
+    kl_coef: float = Field(0.05, ge=0, description="KL penalty coefficient beta (the initial one when adaptive).")
+    target_kl: float | None = Field(
+        None, gt=0, description="Adapt beta toward this KL per response (Ziegler et al. 2019); null keeps beta fixed."
+    )
+    kl_horizon: int = Field(10000, gt=0, description="Adaptive KL horizon, in samples.")
+    whiten_rewards: bool = Field(False, description="Scale per-token rewards to unit variance over the batch (mean kept).")
+    whiten_advantages: bool = Field(True, description="Whiten advantages over the batch before the updates.")
+    sample_every: int = Field(10, gt=0, description="Append a sample table (prompt, response, reward) every N iterations.")
+    num_samples: int = Field(8, gt=0, description="Rows per sample table.")
+
+
+class PPORecipe(StageRecipe):
+    """Our PPO-RLHF on accelerate: policy + value model, a frozen reference, a text-only judge."""
+
+    stage: Literal["ppo"] = "ppo"
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The policy (usually the SFT output).")
+    data: DataConfig = Field(..., description="Prompts; any record kind with a prompt converts.")
+    reward: JudgeSettings
+    value: ValueSettings = Field(default_factory=ValueSettings)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    ppo: PPOSettings = Field(default_factory=PPOSettings)
+    training: RLTrainingConfig = Field(default_factory=lambda: RLTrainingConfig(output_dir="runs/ppo"))
+
+    @property
+    def minibatch_size(self) -> int:
+        """Sequences per optimizer step on one process."""
+        return self.training.per_device_batch_size * self.training.gradient_accumulation_steps
+
+    @model_validator(mode="after")
+    def _minibatches_fit(self) -> "PPORecipe":
+        if self.ppo.rollouts_per_iteration % self.minibatch_size:
+            raise ValueError(
+                f"ppo.rollouts_per_iteration={self.ppo.rollouts_per_iteration} must be a multiple of the minibatch "
+                f"training.per_device_batch_size x training.gradient_accumulation_steps = {self.minibatch_size}"
+            )
+        return self
+
+
+class GRPOSettings(Section):
+    algorithm: Literal["grpo", "rloo"] = Field("grpo", description="TRL GRPOTrainer, or RLOOTrainer (leave-one-out baseline).")
+    num_generations: int = Field(8, ge=2, description="Responses per prompt; the group each reward is compared within.")
+    beta: float = Field(0.04, ge=0, description="KL coefficient to the reference; 0 loads no reference model.")
+    epsilon: float = Field(0.2, gt=0, description="Policy ratio clip epsilon.")
+    num_iterations: int = Field(1, gt=0, description="Updates per generation batch (mu in the GRPO paper).")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="grpo: divide advantages by the group's (or batch's) reward std, or not."
+    )
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = Field("dapo", description="grpo: token aggregation of the loss.")
+    mask_truncated_completions: bool = Field(False, description="Leave responses cut at max_new_tokens out of the loss.")
+    log_completions: bool = Field(False, description="Log a sample of completions with their rewards.")
+
+
+class GRPORecipe(StageRecipe):
+    """GRPO / RLOO through TRL, rewarded by our text-only judge."""
+
+    stage: Literal["grpo"] = "grpo"
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The policy (usually the SFT output).")
+    data: DataConfig = Field(..., description="Prompts; any record kind with a prompt converts.")
+    reward: JudgeSettings
+    generation: SamplingSettings = Field(default_factory=SamplingSettings)
+    grpo: GRPOSettings = Field(default_factory=GRPOSettings)
+    training: TrainingConfig = Field(default_factory=lambda: TrainingConfig(output_dir="runs/grpo", learning_rate=1e-6))
+
+    @model_validator(mode="after")
+    def _groups_fit(self) -> "GRPORecipe":
+        per_step = self.training.per_device_batch_size * self.training.gradient_accumulation_steps
+        if per_step % self.grpo.num_generations:
+            raise ValueError(
+                f"training.per_device_batch_size x gradient_accumulation_steps = {per_step} must be a multiple of "
+                f"grpo.num_generations={self.grpo.num_generations} (whole groups per step)"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------- dpo
+
+DPOLoss = Literal["sigmoid", "conservative", "robust", "hinge", "ipo", "sft"]
+
+
+class DPOOptions(Section):
+    beta: float = Field(0.1, gt=0, description="Strength of the pull to the reference; higher stays closer (tau for ipo).")
+    loss: list[DPOLoss] = Field(
+        default_factory=lambda: ["sigmoid"],
+        min_length=1,
+        description="Loss variants, summed with loss_weights: sigmoid (DPO), conservative (cDPO), robust (rDPO), "
+        "hinge (SLiC), ipo, sft (chosen NLL per token; [sigmoid, sft] is DPO+SFT). A single name is allowed.",
+    )
+    loss_weights: list[float] | None = Field(None, description="One weight per loss; default 1.0 each.")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="Assumed rate eps of flipped labels, read by the conservative and robust losses."
+    )
+    precompute_ref: bool = Field(
+        False, description="Full/partial fine-tuning: score the data with the reference before training, so no "
+        "reference model is in memory while training. (Adapter methods never hold a second model.)"
+    )
+    padding_free: bool = Field(
+        False, description="Pack chosen and rejected sequences into rows without pad tokens, positions restarting "
+        "at each sequence; same loss as padded."
+    )
+    pack_row_tokens: int | None = Field(
+        None, gt=0, description="padding_free: tokens per packed row (at least the longest sequence); null puts a "
+        "micro-batch in one row, best with flash-attention. On CPU/sdpa attention costs rows x row_tokens^2."
+    )
+    warn_window: int = Field(
+        5, ge=0, description="Warn when the logged mean chosen log-prob falls steadily over this many logs; 0: never."
+    )
+    warn_min_drop: float = Field(2.0, gt=0, description="... and drops by at least this many nats over the window.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_loss_is_a_list(cls, values: Any) -> Any:
+        if isinstance(values, dict) and isinstance(values.get("loss"), str):
+            values = {**values, "loss": [values["loss"]]}
+        return values
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DPOOptions":
+        if len(set(self.loss)) != len(self.loss):
+            raise ValueError(f"loss={self.loss} names a loss twice")
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss):
+            raise ValueError(f"loss_weights={self.loss_weights} needs one weight per loss in loss={self.loss}")
+        if self.label_smoothing > 0 and not {"conservative", "robust"} & set(self.loss):
+            raise ValueError(
+                f"label_smoothing={self.label_smoothing} is read only by the conservative and robust losses, "
+                f"but loss={self.loss}"
+            )
+        if self.pack_row_tokens is not None and not self.padding_free:
+            raise ValueError(f"pack_row_tokens={self.pack_row_tokens} needs padding_free=true (got padding_free=false)")
+        return self
+
+
+class DPOEvalSettings(Section):
+    enabled: bool = Field(True, description="After training: policy vs reference on held-out prompts (needs eval data).")
+    reward_model: str | None = Field(
+        None, description="An `align reward` output directory judging policy vs reference responses (win rate)."
+    )
+    num_prompts: int = Field(8, gt=0, description="Held-out prompts to generate for (distinct prompts of the eval split).")
+    max_new_tokens: int = Field(32, gt=0)
+    temperature: float = Field(
+        1.0, ge=0, description="Sampling temperature; 0 is greedy. KL is measured on the policy's samples, an "
+        "unbiased estimate only at 1.0."
+    )
+    batch_size: int = Field(4, gt=0, description="Prompts per generate call.")
+
+
+class DPORecipe(StageRecipe):
+    """``align dpo``: direct preference optimisation of a policy (usually the SFT output) on preference pairs."""
+
+    stage: Literal["dpo"] = "dpo"
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The policy; also the reference, frozen.")
+    data: DataConfig = Field(..., description="Preference pairs, or rankings/ratings (expanded to pairs).")
+    training: TrainingConfig = Field(default_factory=lambda: TrainingConfig(output_dir="runs/dpo", learning_rate=5e-6))
+    dpo: DPOOptions = Field(default_factory=DPOOptions)
+    eval: DPOEvalSettings = Field(default_factory=DPOEvalSettings)
+
+    @model_validator(mode="after")
+    def _packing_fits_method(self) -> "DPORecipe":
+        if self.dpo.padding_free and self.model.method == "prompt_tuning":
+            raise ValueError(
+                "dpo.padding_free=true cannot pack with model.method=prompt_tuning: the soft prompt is prepended once "
+                "per row, not once per sequence"
+            )
+        return self

@@ -72,6 +72,9 @@ def build_tiny_llama(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Llama
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        # Wider than the usual 0.02 so a random model has peaked logits: adapters (LoRA, soft
+        # prompts) on a frozen base can then move the loss within a dozen steps.
+        initializer_range=0.2,
     )
     return LlamaForCausalLM(config)
 
