@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Any recipe key can be overridden: align sft recipes/sft.yaml training.learning_rate=1e-5",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # The deepspeed launcher passes --local_rank; the rank is read from the environment.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, spec in STAGES.items():
         sub = commands.add_parser(name, help=spec.help, description=spec.help)
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     from align.data import DataError
+    from align.distributed import destroy_process_group
     from align.models import ModelNotFoundError
     from align.pipeline import StageFailed, run_pipeline
 
@@ -70,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     except (RecipeError, DataError, ModelNotFoundError, StageFailed) as err:
         print(f"align: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        destroy_process_group()
     return 0
 
 

@@ -19,6 +19,7 @@ from transformers import EarlyStoppingCallback, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from align.config import TrainingConfig
+from align.distributed import route_cpu_deepspeed_to_gloo
 from align.recipe import dump_recipe
 from align.stages import StageResult
 
@@ -64,6 +65,8 @@ def report_to(training: TrainingConfig) -> list[str]:
 def hf_training_kwargs(training: TrainingConfig) -> dict[str, Any]:
     """Keyword arguments for ``TrainingArguments`` (and TRL's configs built on it)."""
     has_eval = training.eval_steps is not None
+    if training.deepspeed:
+        route_cpu_deepspeed_to_gloo()
     return dict(
         output_dir=training.output_dir,
         seed=training.seed,

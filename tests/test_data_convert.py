@@ -190,3 +190,20 @@ def test_render_prompt_without_chat_template() -> None:
 def test_response_text() -> None:
     assert response_text("plain") == "plain"
     assert response_text([{"role": "assistant", "content": "one"}, {"role": "assistant", "content": "two"}]) == "one\ntwo"
+
+
+def test_chat_to_prompt_completion_splits_at_last_answer() -> None:
+    from align.data import chat_to_prompt_completion
+
+    chat = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Bye"},
+        {"role": "assistant", "content": "Goodbye."},
+    ]
+    rows = chat_to_prompt_completion([{"messages": chat}, {"prompt": "p", "completion": "c"}])
+    assert rows == [
+        {"prompt": chat[:4], "completion": [{"role": "assistant", "content": "Goodbye."}]},
+        {"prompt": "p", "completion": "c"},
+    ]

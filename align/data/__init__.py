@@ -17,6 +17,7 @@ from align.config import DataConfig, RecordKind
 from align.data.chat import render_prompt, response_text
 from align.data.convert import (
     can_convert,
+    chat_to_prompt_completion,
     preference_to_sft,
     ranking_to_preference,
     rating_to_preference,
@@ -40,6 +41,7 @@ __all__ = [
     "LoadedData",
     "RawRow",
     "can_convert",
+    "chat_to_prompt_completion",
     "check_leakage",
     "dedup",
     "detect_format",

@@ -108,6 +108,22 @@ def _row_prompt(row: dict[str, Any]) -> Prompt:
     raise ValueError("sft rows in the 'text' form have no prompt to keep; use prompt/completion or messages")
 
 
+def chat_to_prompt_completion(rows: Sequence[dict[str, Any]]) -> Rows:
+    """sft chats -> conversational prompt/completion: the turns before the last answer, and that answer.
+
+    Completion-only loss then trains on the final assistant turn with any chat template;
+    earlier assistant turns become context. Rows already in another form pass through.
+    """
+    out: Rows = []
+    for row in rows:
+        if "messages" not in row:
+            out.append(row)
+            continue
+        prompt = _row_prompt(row)
+        out.append({"prompt": prompt, "completion": [row["messages"][len(prompt)]]})
+    return out
+
+
 def to_prompt(rows: Sequence[dict[str, Any]]) -> Rows:
     """Keep each distinct prompt once, in order of first appearance (sft chats: the turns before the last answer)."""
     seen: set[str] = set()

@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from align.config import SFTRecipe
-from align.data import load_records
+from align.data import chat_to_prompt_completion, load_records, rows_to_dataset
 from align.models import load_policy, merge_adapter, partial_callbacks
 from align.stages import StageResult
 from align.training import (
@@ -34,27 +35,31 @@ def run(recipe: SFTRecipe) -> StageResult:
     data = load_records(recipe.data, default_kind="sft", want="sft")
     logger.info("data: %d train / %d eval rows %s", len(data.train), len(data.eval or []), data.stats)
     model, tokenizer = load_policy(recipe.model)
+    train, evaluation = data.train, data.eval
+    assistant_only = recipe.sft.completion_only_loss and _marks_assistant_turns(tokenizer, train)
+    if recipe.sft.completion_only_loss and not assistant_only and "messages" in train.column_names:
+        # The template cannot mark assistant turns: train on each chat's last answer instead.
+        train, evaluation = (_split_last_answer(d) for d in (train, evaluation))
 
     args = SFTConfig(
         **hf_training_kwargs(recipe.training),
         max_length=recipe.training.max_length,
         packing=recipe.sft.packing,
         completion_only_loss=recipe.sft.completion_only_loss,
-        # Multi-turn chats train on assistant turns only when the template marks them.
-        assistant_only_loss=recipe.sft.completion_only_loss and _marks_assistant_turns(tokenizer, data.train),
+        assistant_only_loss=assistant_only,
         dataset_num_proc=None,
     )
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=data.train,
-        eval_dataset=data.eval,
+        train_dataset=train,
+        eval_dataset=evaluation,
         processing_class=tokenizer,
         callbacks=trainer_callbacks(recipe.training, out) + partial_callbacks(recipe.model),
     )
     train_output = trainer.train(resume_from_checkpoint=resume_checkpoint(recipe.training))
     metrics = {"train/loss": train_output.training_loss, "train/steps": trainer.state.global_step}
-    if data.eval is not None:
+    if evaluation is not None:
         metrics.update({k.replace("eval_", "eval/"): v for k, v in trainer.evaluate().items()})
 
     _save_final_model(trainer, recipe, out)
@@ -66,9 +71,13 @@ def run(recipe: SFTRecipe) -> StageResult:
 
 
 def _marks_assistant_turns(tokenizer, dataset) -> bool:  # noqa: ANN001
-    """TRL's assistant-only mask needs ``{% generation %}`` in the chat template and a messages column."""
+    """Multi-turn chats train on every assistant turn when the template marks them for TRL's mask."""
     template = tokenizer.chat_template or ""
     return "messages" in dataset.column_names and "{% generation %}" in template
+
+
+def _split_last_answer(dataset: Dataset | None) -> Dataset | None:
+    return None if dataset is None else rows_to_dataset(chat_to_prompt_completion(dataset.to_list()), "sft")
 
 
 def _save_final_model(trainer: SFTTrainer, recipe: SFTRecipe, out: Path) -> None:
