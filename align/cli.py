@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("recipe", help="pipeline YAML recipe")
     run.add_argument("overrides", nargs="*", help="stage.key.sub=value, e.g. sft.training.max_steps=5")
     run.add_argument("--force", default="", help="comma-separated stage names to re-run even if finished")
+    prepare = commands.add_parser("prepare-models", help="convert and cache the offline demo models")
+    prepare.add_argument("names", nargs="*", default=["smollm2-135m-instruct", "minilm-l6"], help="model aliases")
     return parser
 
 
@@ -62,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     from align.pipeline import StageFailed, run_pipeline
 
     try:
-        if args.command == "run":
+        if args.command == "prepare-models":
+            from align.models import resolve_model_source
+
+            for name in args.names:
+                logger.info("%s -> %s", name, resolve_model_source(name))
+        elif args.command == "run":
             force = {name for name in args.force.split(",") if name}
             results = run_pipeline(args.recipe, args.overrides, force=force)
             for name, result in results.items():
