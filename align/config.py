@@ -224,7 +224,7 @@ class RewardOptions(Section):
         True, description="After training, standardise scores to mean 0, std 1 on the training responses."
     )
     normalize_max_samples: int = Field(
-        20000, gt=1, description="Measure the normalisation on at most this many training responses."
+        20000, gt=1, description="Measure the normalisation on the responses of at most this many training records."
     )
     clip: float | None = Field(None, gt=0, description="Clamp normalised scores to [-clip, clip].")
     reliability_bins: int = Field(10, ge=2, description="Bins of the reliability curve (reliability.png).")
@@ -263,6 +263,12 @@ class RewardRecipe(StageRecipe):
                 raise ValueError(
                     f"data[{i}].kind='{source.kind}': the reward model trains on preference, ranking or rating records"
                 )
+        has_eval = any(source.eval_path or source.eval_fraction > 0 for source in self.data)
+        if self.training.eval_steps is not None and not has_eval:
+            raise ValueError(
+                f"training.eval_steps={self.training.eval_steps} needs eval data, but no data source sets "
+                "eval_path or eval_fraction"
+            )
         return self
 
 
@@ -396,6 +402,9 @@ class GRPORecipe(StageRecipe):
                 f"training.per_device_batch_size x gradient_accumulation_steps = {per_step} must be a multiple of "
                 f"grpo.num_generations={self.grpo.num_generations} (whole groups per step)"
             )
+        only_grpo = sorted({"scale_rewards", "loss_type"} & self.grpo.model_fields_set)
+        if self.grpo.algorithm == "rloo" and only_grpo:
+            raise ValueError(f"grpo.{only_grpo[0]} applies to algorithm 'grpo', not 'rloo'; remove it or switch")
         return self
 
 

@@ -49,18 +49,32 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of ``data`` with each ``key.sub=value`` set, creating sections as needed."""
+    """Return a copy of ``data`` with each ``key.sub=value`` set, creating sections as needed.
+
+    A number indexes into a list: ``data.1.path=ratings.jsonl``.
+    """
     out = _deep_copy(data)
     for text in overrides:
         keys, value = parse_override(text)
-        node = out
-        for depth, key in enumerate(keys[:-1]):
-            child = node.setdefault(key, {})
-            if not isinstance(child, dict):
-                prefix = ".".join(keys[: depth + 1])
-                raise RecipeError(f"override '{text}': '{prefix}' is {child!r}, not a section")
-            node = child
-        node[keys[-1]] = value
+        node: Any = out
+        for depth, key in enumerate(keys):
+            prefix = ".".join(keys[: depth + 1])
+            last = depth == len(keys) - 1
+            if isinstance(node, list):
+                if not key.isdigit() or int(key) >= len(node):
+                    raise RecipeError(f"override '{text}': '{prefix}': index out of range for a list of {len(node)}")
+                if last:
+                    node[int(key)] = value
+                else:
+                    node = node[int(key)]
+            elif isinstance(node, dict):
+                if last:
+                    node[key] = value
+                else:
+                    node = node.setdefault(key, {})
+            else:
+                parent = ".".join(keys[:depth])
+                raise RecipeError(f"override '{text}': '{parent}' is {node!r}, not a section")
     return out
 
 

@@ -185,7 +185,7 @@ def write_model_card(output_dir: Path, recipe: BaseModel, metrics: dict[str, Any
         "",
         f"- base model: `{data.get('model', {}).get('name_or_path', '?')}`",
         f"- method: `{data.get('model', {}).get('method', '?')}`",
-        f"- data: `{data.get('data', {}).get('path', '?') if isinstance(data.get('data'), dict) else data.get('data')}`",
+        "- data: " + ", ".join(f"`{source.get('path', '?')}`" for source in _as_list(data.get("data"))),
         "",
         "## Final metrics",
         "",
@@ -195,3 +195,9 @@ def write_model_card(output_dir: Path, recipe: BaseModel, metrics: dict[str, Any
     lines += [f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
               for key, value in sorted(metrics.items())]
     (output_dir / "README.md").write_text("\n".join(lines) + "\n")
+
+
+def _as_list(value: Any) -> list[dict[str, Any]]:
+    if isinstance(value, dict):
+        return [value]
+    return [item for item in value or [] if isinstance(item, dict)]

@@ -10,7 +10,7 @@ and then the prompt is left empty.
 Prompts may be chat message lists; they are rendered as plain text, one
 ``role: content`` line per message. A completion given as messages (``[{"role":
 "assistant", "content": ...}]``, as TRL passes conversational completions) is the
-contents of its messages joined by newlines, without roles.
+contents of its assistant messages joined by newlines, without roles.
 """
 
 from __future__ import annotations
@@ -31,10 +31,13 @@ def render_prompt(prompt: Text) -> str:
 
 
 def render_completion(completion: Text) -> str:
-    """A response as plain text: a string unchanged, messages as their contents joined by newlines."""
+    """A response as plain text: a string unchanged, messages as their assistant contents joined by newlines.
+
+    Matches ``align.data.response_text``; messages without a role count as assistant turns.
+    """
     if isinstance(completion, str):
         return completion
-    return "\n".join(str(m["content"]) for m in completion)
+    return "\n".join(str(m["content"]) for m in completion if m.get("role", "assistant") == "assistant")
 
 
 @dataclass
@@ -68,7 +71,6 @@ class PairEncoder:
             raise ValueError(f"max_length={max_length} leaves no room next to {self.num_special} special tokens")
         self.max_length = max_length
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.use_token_types = "token_type_ids" in getattr(tokenizer, "model_input_names", [])
 
     def encode(self, prompts: Sequence[Text], responses: Sequence[Text]) -> list[EncodedPair]:
         """One ``EncodedPair`` per (prompt, response), special tokens included, at most max_length ids."""
@@ -92,7 +94,7 @@ class PairEncoder:
         return out
 
     def pad(self, pairs: Sequence[EncodedPair]) -> dict[str, torch.Tensor]:
-        """Right-pad to the longest pair: ``input_ids``, ``attention_mask`` (and ``token_type_ids``), each (B, T).
+        """Right-pad to the longest pair: ``input_ids``, ``attention_mask``, ``token_type_ids``, each (B, T).
 
         Two pairs of 4 and 2 ids give ``input_ids [[a, b, c, d], [e, f, PAD, PAD]]`` and
         ``attention_mask [[1, 1, 1, 1], [1, 1, 0, 0]]``; token types pad with 0.
@@ -106,10 +108,7 @@ class PairEncoder:
             ids[row, :n] = torch.tensor(pair.input_ids, dtype=torch.long)
             types[row, :n] = torch.tensor(pair.token_type_ids, dtype=torch.long)
             mask[row, :n] = 1
-        batch = {"input_ids": ids, "attention_mask": mask}
-        if self.use_token_types:
-            batch["token_type_ids"] = types
-        return batch
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
     def __call__(self, prompts: Sequence[Text], responses: Sequence[Text]) -> dict[str, torch.Tensor]:
         return self.pad(self.encode(prompts, responses))

@@ -82,3 +82,11 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
 def test_shipped_stage_recipes_validate(name: str) -> None:
     recipe = load_recipe(SFTRecipe, REPO / "recipes" / name)
     assert Path(REPO / recipe.data.path).is_file()
+
+
+def test_override_indexes_into_lists() -> None:
+    data = {"data": [{"path": "a.jsonl"}, {"path": "b.jsonl"}]}
+    assert apply_overrides(data, ["data.1.path=c.jsonl"])["data"][1] == {"path": "c.jsonl"}
+    assert data["data"][1] == {"path": "b.jsonl"}  # the input is not changed
+    with pytest.raises(RecipeError, match="'data.2': index out of range for a list of 2"):
+        apply_overrides(data, ["data.2.path=x"])

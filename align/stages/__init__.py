@@ -53,6 +53,11 @@ class StageSpec:
 
 STAGES: dict[str, StageSpec] = {
     "sft": StageSpec("align.config:SFTRecipe", "align.stages.sft:run", "supervised fine-tuning (TRL SFTTrainer)"),
+    "reward": StageSpec(
+        "align.config:RewardRecipe",
+        "align.stages.reward:run",
+        "reward model: BERT-style encoder + head on preferences, rankings and ratings",
+    ),
 }
 
 

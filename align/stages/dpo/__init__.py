@@ -1,0 +1,147 @@
+"""Direct preference optimisation through TRL's DPOTrainer, with our loss table and padding-free batches.
+
+    align dpo recipes/dpo.yaml training.max_steps=20
+
+The policy (usually an SFT output) trains on preference pairs; ranking and rating files are
+expanded to pairs by the dataset layer. The reference is the starting policy: under LoRA /
+QLoRA / prompt tuning the policy with its adapter disabled (no second copy), under full or
+partial fine-tuning a frozen copy, or, with ``dpo.precompute_ref``, log-probs computed once
+before training so no reference sits in memory while training.
+
+The run directory ends up with the model (merged + ``adapter/`` for LoRA), ``metrics.jsonl``
+(``train/loss``, ``rewards/{chosen,rejected,accuracies,margins}``, ``logps/{chosen,rejected}``),
+and, when the data has an eval split, ``samples.md`` / ``samples.jsonl`` with KL to the
+reference and, given ``eval.reward_model``, the win rate against it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from align.config import DPORecipe
+from align.data import load_records
+from align.models import load_policy, load_reference, merge_adapter, partial_callbacks
+from align.stages import StageResult
+from align.training import (
+    hf_training_kwargs,
+    prepare_run_dir,
+    resume_checkpoint,
+    trainer_callbacks,
+    write_model_card,
+)
+
+logger = logging.getLogger("align.dpo")
+
+
+def run(recipe: DPORecipe) -> StageResult:
+    out = prepare_run_dir(recipe, recipe.training.output_dir)
+    data = load_records(recipe.data, default_kind="preference", want="preference")
+    logger.info("data: %d train / %d eval pairs %s", len(data.train), len(data.eval or []), data.stats)
+    model, tokenizer = load_policy(recipe.model)
+    # precompute_ref with full fine-tuning: TRL scores the data with the policy before its first step.
+    reference = None if recipe.dpo.precompute_ref else load_reference(recipe.model)
+
+    trainer, monitor = build_trainer(recipe, model, reference, tokenizer, data.train, data.eval, out)
+    train_output = trainer.train(resume_from_checkpoint=resume_checkpoint(recipe.training))
+    metrics: dict[str, Any] = {"train/loss": train_output.training_loss, "train/steps": trainer.state.global_step,
+                               "dpo/falling_chosen_logps_warnings": len(monitor.warnings)}
+    last = _last_logged(trainer, ("rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected"))
+    metrics.update(last)
+    if data.eval is not None:
+        metrics.update({"eval/" + k[5:]: v for k, v in trainer.evaluate().items() if k.startswith("eval_")})
+
+    _save_final_model(trainer, recipe, out)
+    if recipe.eval.enabled:
+        metrics.update(_evaluate(trainer, recipe, data.eval, out))
+    result = StageResult(output_dir=out, metrics=metrics)
+    if trainer.is_world_process_zero():
+        write_model_card(out, recipe, metrics, title=f"DPO of {recipe.model.name_or_path}")
+        result.save()
+    return result
+
+
+def build_trainer(recipe: DPORecipe, model, reference, tokenizer, train, eval_data, out: Path):  # noqa: ANN001, ANN201
+    """``(AlignDPOTrainer, FallingChosenLogpsCallback)`` for ``recipe``; tests call this to inspect one step."""
+    from trl import DPOConfig
+
+    from align.stages.dpo.trainer import AlignDPOTrainer, FallingChosenLogpsCallback
+
+    options = recipe.dpo
+    args = DPOConfig(
+        **hf_training_kwargs(recipe.training),
+        max_length=recipe.training.max_length,
+        beta=options.beta,
+        precompute_ref_log_probs=options.precompute_ref,
+        dataset_num_proc=None,
+    )
+    monitor = FallingChosenLogpsCallback(options.warn_window, options.warn_min_drop)
+    trainer = AlignDPOTrainer(
+        model=model,
+        ref_model=reference,
+        args=args,
+        train_dataset=train,
+        eval_dataset=eval_data,
+        processing_class=tokenizer,
+        callbacks=trainer_callbacks(recipe.training, out) + partial_callbacks(recipe.model) + [monitor],
+        losses=options.loss,
+        loss_weights=options.loss_weights,
+        label_smoothing=options.label_smoothing,
+        padding_free=options.padding_free,
+        pack_row_tokens=options.pack_row_tokens,
+    )
+    return trainer, monitor
+
+
+def _last_logged(trainer, keys: tuple[str, ...]) -> dict[str, float]:  # noqa: ANN001
+    """The last logged training value of each key, as ``dpo/<key>`` stage metrics."""
+    found: dict[str, float] = {}
+    for entry in reversed(trainer.state.log_history):
+        for key in keys:
+            if key in entry and f"dpo/{key}" not in found:
+                found[f"dpo/{key}"] = entry[key]
+    return found
+
+
+def _save_final_model(trainer, recipe: DPORecipe, out: Path) -> None:  # noqa: ANN001
+    """Full weights at the run root; LoRA adapters in adapter/ and the merged model at the root."""
+    if recipe.model.method in ("lora", "qlora"):
+        trainer.save_model(str(out / "adapter"))
+        if trainer.is_world_process_zero():
+            merge_adapter(recipe.model, out / "adapter", out)
+    else:
+        trainer.save_model(str(out))
+    if trainer.is_world_process_zero():
+        trainer.processing_class.save_pretrained(str(out))
+
+
+def _evaluate(trainer, recipe: DPORecipe, eval_data, out: Path) -> dict[str, float]:  # noqa: ANN001
+    """Policy vs reference on held-out prompts (``stages.dpo.evaluation``), single process only."""
+    from accelerate.utils import is_peft_model
+
+    from align.stages.dpo.evaluation import evaluate_against_reference, held_out_prompts, no_scope
+
+    if eval_data is None or len(eval_data) == 0:
+        logger.warning("eval: no held-out prompts (set data.eval_fraction or data.eval_path); skipping policy vs reference")
+        return {}
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        logger.warning("eval: policy vs reference runs in a single process; skipped under a %s-process launch",
+                       os.environ["WORLD_SIZE"])
+        return {}
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    if is_peft_model(policy):
+        reference, scope = policy, policy.disable_adapter
+    else:
+        # With precompute_ref the reference was never loaded for training; it is loaded now, after it.
+        reference = trainer.ref_model if trainer.ref_model is not None else load_reference(recipe.model)
+        reference = reference.to(next(policy.parameters()).device)
+        scope = no_scope
+    prompts = held_out_prompts(eval_data, recipe.eval.num_prompts)
+    return evaluate_against_reference(
+        policy, reference, scope, trainer.processing_class, prompts, recipe.eval, out, seed=recipe.training.seed
+    )
+
+
+__all__ = ["build_trainer", "run"]

@@ -1,0 +1,115 @@
+"""The module PPO trains: the policy and its value model, wrapped as one ``nn.Module``.
+
+One module means one optimizer and one ``accelerator.prepare`` (one DeepSpeed engine under
+ZeRO), as DeepSpeed trains a single engine per optimizer. The value model is either
+
+- ``head``: a linear value head on the policy's last hidden state (shared trunk), or
+- ``separate``: its own transformer trunk (loaded like the policy, from the policy's weights
+  or ``value.init_from``) plus a linear head.
+
+Forward passes take the full sequence (left-padded prompt + response) and return only the
+response positions, counted from the right so that soft-prompt tokens in front (prompt
+tuning) do not shift anything.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+class ValueHead(nn.Module):
+    """``hidden (B, T, H) -> values (B, T)``, float32, initialised to output 0 everywhere."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.summary = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.summary.weight)
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1)
+
+
+class PolicyAndValue(nn.Module):
+    """Policy (a causal LM, maybe a PEFT model) + value head, + a separate critic trunk if given."""
+
+    def __init__(self, policy: nn.Module, hidden_size: int, critic: nn.Module | None = None) -> None:
+        super().__init__()
+        self.policy = policy
+        self.critic = critic  # a transformer trunk (returns last_hidden_state), or None: head on the policy
+        self.value_head = ValueHead(hidden_size)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        response_length: int,
+        temperature: float = 1.0,
+        with_values: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits and values at the positions that predict the response tokens.
+
+        input_ids, attention_mask: (B, L), prompt left-padded, response right-padded, L = P + T
+        with T = ``response_length``. Returns ``logits`` (B, T, V) divided by ``temperature``
+        (the distribution the tokens were sampled from) and ``values`` (B, T) or None.
+        Position t holds the logits and value of the state before response token t (sequence
+        position P + t - 1): logits ``[:, :-1]`` pair with ids ``[:, 1:]``.
+        """
+        logits, hidden = policy_forward(self.policy, input_ids, attention_mask, response_length, with_values and self.critic is None)
+        values = None
+        if with_values:
+            if self.critic is not None:
+                out = self.critic(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_of(attention_mask))
+                hidden = out.last_hidden_state[:, -(response_length + 1) : -1]  # (B, T, H)
+            values = self.value_head(hidden)
+        return logits / temperature, values
+
+
+def position_ids_of(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding: ``cumsum(mask) - 1``, clamped at 0. (B, L) -> (B, L).
+
+    ``generate`` numbers positions this way for a left-padded batch; a plain forward would
+    count the pad tokens and give the sampled tokens different log-probs.
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def policy_forward(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int, want_hidden: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Causal-LM logits (B, T, V) over the response positions, and the last hidden state (B, T, H) if asked.
+
+    ``logits_to_keep = T + 1`` keeps the lm-head matmul to the response: the last T + 1
+    positions, of which the very last (scoring the token after the response) is dropped.
+    """
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_of(attention_mask),
+        logits_to_keep=response_length + 1,
+        output_hidden_states=want_hidden,
+        use_cache=False,
+    )
+    logits = out.logits[:, -(response_length + 1) : -1]  # (B, T, V)
+    hidden = out.hidden_states[-1][:, -(response_length + 1) : -1] if want_hidden else None  # (B, T, H)
+    return logits, hidden
+
+
+@contextmanager
+def adapter_disabled(model: nn.Module) -> Iterator[None]:
+    """``with model.disable_adapter():`` for a PEFT model: the base weights are the reference."""
+    with model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext():
+        yield
+
+
+def transformer_trunk(causal_lm: nn.Module) -> nn.Module:
+    """The decoder stack of a causal LM (``model.model`` for Llama), through a PEFT wrapper.
+
+    LoRA layers are injected into the trunk's own modules, so they come along.
+    """
+    base = causal_lm.get_base_model() if hasattr(causal_lm, "get_base_model") else causal_lm
+    return getattr(base, base.base_model_prefix)

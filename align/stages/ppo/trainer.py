@@ -1,0 +1,515 @@
+"""The PPO-RLHF loop: rollout, score, KL-penalised rewards, GAE, clipped updates. Orchestration only.
+
+    align ppo recipes/ppo.yaml training.max_steps=20
+
+Each iteration, on every process:
+
+1. take ``ppo.rollouts_per_iteration`` prompts (``rollout.prompt_indices``) and sample one
+   response each (KV cache; under ZeRO-3 the parameters are gathered once per rollout);
+2. score the decoded text with the judge; subtract ``reward.missing_eos_penalty`` from
+   responses that did not finish, clip;
+3. with the rollout policy, its value model and the reference: per-token log-probs, values,
+   KL; rewards ``-beta * KL_t`` plus the score on the last real token; GAE;
+4. ``ppo.epochs`` passes of shuffled minibatches: clipped policy loss + ``vf_coef`` x clipped
+   value loss - ``ent_coef`` x entropy, gradient clipping;
+5. update beta (adaptive KL), log, write samples and checkpoints.
+
+The math is in ``core``; this file holds no formula of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from align.config import PPORecipe
+from align.stages import StageResult
+from align.stages.ppo import core
+from align.stages.ppo.distributed import is_zero3, make_accelerator, unwrapped_for_generation
+from align.stages.ppo.modeling import PolicyAndValue, adapter_disabled, policy_forward, transformer_trunk
+from align.stages.ppo.rollout import generate_responses, prompt_indices
+
+logger = logging.getLogger("align.ppo")
+
+STATE_FILE = "ppo_state.json"
+SAMPLES_FILE = "samples.jsonl"
+
+
+@dataclass
+class KLController:
+    """beta of the KL penalty: fixed, or adapted toward ``target`` (``core.adaptive_kl_coef``)."""
+
+    value: float
+    target: float | None
+    horizon: int
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        if self.target is not None:
+            self.value = core.adaptive_kl_coef(self.value, current_kl, self.target, n_steps, self.horizon)
+
+
+@dataclass
+class Experience:
+    """One iteration's rollouts on one process, ready for the updates. Tensors are (B, ...) on device.
+
+    sequences, attention_mask: (B, P + T); response_ids, mask, old_logprobs, old_values,
+    advantages, returns: (B, T).
+    """
+
+    sequences: torch.Tensor
+    attention_mask: torch.Tensor
+    response_ids: torch.Tensor
+    mask: torch.Tensor
+    old_logprobs: torch.Tensor
+    old_values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
+class PPOTrainer:
+    """Holds the models, optimizer and judge of one run; ``train()`` runs the iterations."""
+
+    def __init__(self, recipe: PPORecipe, judge: Callable[[list[str], list[str]], torch.Tensor] | None = None) -> None:
+        from accelerate.utils import set_seed
+
+        from align.data import load_records
+        from align.models import load_policy, load_reference
+        from align.training import prepare_run_dir, report_to
+
+        self.recipe = recipe
+        training = recipe.training
+        if recipe.model.partial.unfreeze_schedule:
+            raise ValueError("model.partial.unfreeze_schedule is not supported by the ppo stage; use trainable_top_k")
+        set_seed(training.seed)  # the same initial weights (LoRA, value head) on every process
+        self.out = prepare_run_dir(recipe, training.output_dir)
+
+        data = load_records(recipe.data, default_kind="prompt", want="prompt")
+        self.prompts: list[Any] = list(data.train["prompt"])
+        logger.info("prompts: %d %s", len(self.prompts), data.stats)
+
+        policy, self.tokenizer = load_policy(recipe.model)
+        if training.gradient_checkpointing:
+            policy.gradient_checkpointing_enable()
+        reference = load_reference(recipe.model)  # None: the policy with its adapter disabled
+        critic = self._load_critic() if recipe.value.model == "separate" else None
+        hidden_size = _hidden_size(policy)
+        module = PolicyAndValue(policy, hidden_size, critic)
+        # Rollout and update must evaluate the same function, or the first ratio is not 1.
+        _disable_dropout(module)
+
+        self.accelerator = make_accelerator(
+            deepspeed_config=training.deepspeed,
+            micro_batch_size=training.per_device_batch_size,
+            gradient_accumulation_steps=training.gradient_accumulation_steps,
+            max_grad_norm=training.max_grad_norm,
+            bf16=training.bf16,
+            hidden_size=hidden_size,
+            log_with=report_to(training),
+            project_dir=self.out,
+        )
+        acc = self.accelerator
+        optimizer = torch.optim.AdamW(
+            [p for p in module.parameters() if p.requires_grad], lr=training.learning_rate, weight_decay=training.weight_decay
+        )
+        scheduler = _scheduler(recipe, optimizer)
+        self.module, self.optimizer, self.scheduler = acc.prepare(module, optimizer, scheduler)
+        self.reference = self._prepare_reference(reference)
+        self.judge = judge or self._load_judge()
+        self.kl_ctl = KLController(recipe.ppo.kl_coef, recipe.ppo.target_kl, recipe.ppo.kl_horizon)
+        self.eos_token_ids = _eos_ids(policy, self.tokenizer)
+        self.iteration = 0
+        if training.resume:
+            self._resume()
+        # Different samples per process; resume restores the RNG states saved with each checkpoint.
+        if not training.resume or self.iteration == 0:
+            set_seed(training.seed, device_specific=True)
+        if "wandb" in report_to(training):
+            acc.init_trackers(training.wandb_project, config=recipe.model_dump(mode="json"))
+
+    # ----------------------------------------------------------------------- set-up helpers
+
+    def _load_critic(self) -> nn.Module:
+        from align.models import load_policy
+
+        cfg = self.recipe.model
+        if self.recipe.value.init_from:
+            cfg = cfg.model_copy(update={"name_or_path": self.recipe.value.init_from, "gguf_file": None})
+        if cfg.method == "prompt_tuning":  # a soft prompt has no trunk weights to train as a critic
+            cfg = cfg.model_copy(update={"method": "full"})
+        critic_lm, _ = load_policy(cfg)
+        return transformer_trunk(critic_lm)
+
+    def _prepare_reference(self, reference: nn.Module | None) -> nn.Module | None:
+        if reference is None:
+            return None
+        if is_zero3(self.accelerator):  # shard the frozen copy too
+            from trl.models.utils import prepare_deepspeed
+
+            return prepare_deepspeed(reference, self.accelerator)
+        return reference.to(self.accelerator.device)
+
+    def _load_judge(self) -> Callable[[list[str], list[str]], torch.Tensor]:
+        from align.judges import load_judge
+
+        settings = self.recipe.reward
+        return load_judge(
+            settings.judge, batch_size=settings.batch_size, normalize=settings.normalize, device=str(self.accelerator.device)
+        )
+
+    # ----------------------------------------------------------------------- the loop
+
+    def train(self) -> dict[str, float]:
+        training = self.recipe.training
+        last: dict[str, float] = {}
+        while self.iteration < training.max_steps:
+            last = self.step()
+            self.iteration += 1
+            if training.save_steps and (self.iteration % training.save_steps == 0 or self.iteration == training.max_steps):
+                self.save_checkpoint()
+        self.accelerator.wait_for_everyone()
+        return last
+
+    def step(self) -> dict[str, float]:
+        """One iteration: rollout, score, experience, updates, beta. Returns its metrics (all processes' mean)."""
+        recipe, acc = self.recipe, self.accelerator
+        t0 = time.perf_counter()
+        rows = [self.prompts[i] for i in prompt_indices(
+            len(self.prompts), self.iteration, acc.process_index, acc.num_processes,
+            recipe.ppo.rollouts_per_iteration, recipe.training.seed,
+        )]
+        generated, mask, finished, responses = self._rollout(rows)
+        t1 = time.perf_counter()
+        raw_scores, scores = self._score(rows, responses, finished)
+        t2 = time.perf_counter()
+        exp, kl, rewards = self._experience(generated, mask, scores)
+        t3 = time.perf_counter()
+        update_stats = self._update(exp)
+        t4 = time.perf_counter()
+
+        kl_per_response = core.masked_sum(kl, mask, dim=1)  # (B,)
+        metrics = {
+            "reward/raw": raw_scores.mean(),
+            "reward/raw_std": raw_scores.std(unbiased=False),
+            "reward/score": scores.mean(),
+            "reward/normalized": core.masked_sum(rewards, mask, dim=1).mean(),
+            "reward/kl_penalty": -self.kl_ctl.value * kl_per_response.mean(),
+            "reward/finished_frac": finished.float().mean(),
+            "ppo/kl": kl_per_response.mean(),
+            "ppo/explained_var": core.explained_variance(exp.old_values, exp.returns, mask),
+            "ppo/response_length": mask.sum(1).mean(),
+            "ppo/advantage_std": core.masked_var(exp.advantages, mask).sqrt(),
+            **update_stats,
+        }
+        metrics = self._reduce(metrics)
+        metrics["ppo/kl_coef"] = self.kl_ctl.value  # the beta these rewards used
+        self.kl_ctl.update(metrics["ppo/kl"], recipe.ppo.rollouts_per_iteration * acc.num_processes)
+        n_samples = recipe.ppo.rollouts_per_iteration * acc.num_processes
+        metrics.update({
+            "ppo/lr": self.scheduler.get_last_lr()[0],
+            "time/generation": t1 - t0,
+            "time/scoring": t2 - t1,
+            "time/experience": t3 - t2,
+            "time/training": t4 - t3,
+            "time/iteration": t4 - t0,
+            "perf/samples_per_s": n_samples / max(t4 - t0, 1e-9),
+        })
+        self._log(metrics)
+        if (self.iteration + 1) % recipe.ppo.sample_every == 0 or self.iteration == 0:
+            self._write_samples(rows, responses, raw_scores, scores, finished)
+        return metrics
+
+    # ----------------------------------------------------------------------- the parts of a step
+
+    def _rollout(self, rows: list[Any]):  # noqa: ANN202
+        from align.data import render_prompt
+
+        gen = self.recipe.generation
+        texts = [render_prompt(self.tokenizer, row) for row in rows]
+        # Under ZeRO-3 this gathers the parameters once for the whole rollout, not per token.
+        with unwrapped_for_generation(self.module, self.accelerator) as unwrapped:
+            generated = generate_responses(
+                unwrapped.policy, self.tokenizer, texts,
+                max_new_tokens=gen.max_new_tokens, temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k,
+                batch_size=gen.batch_size, eos_token_ids=self.eos_token_ids, device=self.accelerator.device,
+            )
+        mask, finished = core.response_mask(generated.response_ids, self.eos_token_ids)
+        lengths = mask.sum(1).long().tolist()
+        responses = [
+            self.tokenizer.decode(ids[:n], skip_special_tokens=True) for ids, n in zip(generated.response_ids, lengths)
+        ]
+        return generated, mask, finished, responses
+
+    def _score(self, rows: list[Any], responses: list[str], finished: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Judge scores (B,) as returned, and after the missing-EOS penalty and clip."""
+        from reward_models.text import render_prompt as prompt_text  # the scorer's own prompt rendering
+
+        settings = self.recipe.reward
+        raw = self.judge([prompt_text(row) for row in rows], responses).to(self.accelerator.device).float()
+        scores = raw
+        if settings.missing_eos_penalty is not None:
+            scores = scores - settings.missing_eos_penalty * (~finished).float()
+        if settings.clip is not None:
+            scores = scores.clamp(-settings.clip, settings.clip)
+        return raw, scores
+
+    @torch.no_grad()
+    def _experience(self, generated, mask: torch.Tensor, scores: torch.Tensor):  # noqa: ANN001, ANN202
+        ppo, temperature = self.recipe.ppo, self.recipe.generation.temperature
+        sequences = torch.cat([generated.query_ids, generated.response_ids], dim=1)  # (B, P + T)
+        attention_mask = torch.cat([generated.query_mask, mask.long()], dim=1)  # (B, P + T)
+        response_ids, T = generated.response_ids, generated.response_ids.shape[1]
+        logprobs, ref_logprobs, values = [], [], []
+        micro = self.recipe.training.per_device_batch_size
+        for s in range(0, sequences.shape[0], micro):
+            seq, att, ids = sequences[s : s + micro], attention_mask[s : s + micro], response_ids[s : s + micro]
+            logits, vals = self.module(seq, att, T, temperature)
+            logprobs.append(core.logprobs_from_logits(logits, ids))
+            values.append(vals.float())
+            ref_logits = self._reference_logits(seq, att, T) / temperature
+            ref_logprobs.append(core.logprobs_from_logits(ref_logits, ids))
+        old_logprobs, ref_lp, old_values = torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
+
+        kl = core.kl_estimate(old_logprobs.float(), ref_lp.float(), ppo.kl_estimator) * mask  # (B, T)
+        rewards = core.per_token_rewards(scores, kl, mask, self.kl_ctl.value)
+        if ppo.whiten_rewards:
+            rewards = core.masked_whiten(rewards, mask, shift_mean=False)
+        advantages, returns = core.gae_advantages(rewards, old_values, mask, ppo.gamma, ppo.lam)
+        if ppo.whiten_advantages:
+            advantages = core.masked_whiten(advantages, mask)
+        exp = Experience(sequences, attention_mask, response_ids, mask, old_logprobs.float(), old_values * mask,
+                         advantages, returns)
+        return exp, kl, rewards
+
+    def _reference_logits(self, seq: torch.Tensor, att: torch.Tensor, T: int) -> torch.Tensor:
+        if self.reference is not None:
+            logits, _ = policy_forward(self.reference, seq, att, T, want_hidden=False)
+            return logits
+        policy = self.accelerator.unwrap_model(self.module).policy
+        with adapter_disabled(policy):
+            logits, _ = policy_forward(policy, seq, att, T, want_hidden=False)
+        return logits
+
+    def _update(self, exp: Experience) -> dict[str, torch.Tensor]:
+        """``ppo.epochs`` passes of shuffled minibatches; returns the mean of each loss statistic."""
+        ppo, training, acc = self.recipe.ppo, self.recipe.training, self.accelerator
+        micro, minibatch = training.per_device_batch_size, self.recipe.minibatch_size
+        T, B = exp.response_ids.shape[1], exp.response_ids.shape[0]
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        self.module.train()
+        for _ in range(ppo.epochs):
+            order = torch.randperm(B, device=exp.mask.device)
+            for mb_start in range(0, B, minibatch):
+                for start in range(mb_start, mb_start + minibatch, micro):
+                    idx = order[start : start + micro]
+                    with acc.accumulate(self.module):
+                        logits, values = self.module(exp.sequences[idx], exp.attention_mask[idx], T,
+                                                     self.recipe.generation.temperature)
+                        mask = exp.mask[idx]
+                        logprobs = core.logprobs_from_logits(logits, exp.response_ids[idx]).float()
+                        pg_loss, pg_stats = core.policy_loss(
+                            logprobs, exp.old_logprobs[idx], exp.advantages[idx], mask, ppo.clip_range
+                        )
+                        vf_loss, vf_stats = core.value_loss(
+                            values.float(), exp.old_values[idx], exp.returns[idx], mask, ppo.clip_range_value
+                        )
+                        entropy = core.masked_mean(core.entropy_from_logits(logits.float()), mask)
+                        loss = pg_loss + ppo.vf_coef * vf_loss - ppo.ent_coef * entropy
+                        acc.backward(loss)
+                        if acc.sync_gradients:
+                            acc.clip_grad_norm_(self.module.parameters(), training.max_grad_norm)
+                        self.optimizer.step()  # a no-op until the last micro-batch of the minibatch
+                        if acc.sync_gradients:
+                            self.scheduler.step()
+                        self.optimizer.zero_grad()
+                    stats = {
+                        "ppo/loss": loss.detach(),
+                        "ppo/policy_loss": pg_loss.detach(),
+                        "ppo/value_loss": vf_loss.detach(),
+                        "ppo/entropy": entropy.detach(),
+                        "ppo/clipfrac": pg_stats["clipfrac"],
+                        "ppo/approx_kl": pg_stats["approx_kl"],
+                        "ppo/value_clipfrac": vf_stats["clipfrac"],
+                    }
+                    for key, value in stats.items():
+                        sums[key] = sums.get(key, 0.0) + value
+                    count += 1
+        return {key: value / max(count, 1) for key, value in sums.items()}
+
+    # ----------------------------------------------------------------------- logging
+
+    def _reduce(self, metrics: dict[str, Any]) -> dict[str, float]:
+        """Mean over processes, as Python floats (NaN stays NaN)."""
+        keys = sorted(metrics)
+        local = torch.stack([torch.as_tensor(metrics[k], dtype=torch.float32, device=self.accelerator.device).reshape(())
+                             for k in keys])
+        total = self.accelerator.reduce(local, reduction="mean") if self.accelerator.num_processes > 1 else local
+        return dict(zip(keys, total.tolist()))
+
+    def _log(self, metrics: dict[str, float]) -> None:
+        acc, step = self.accelerator, self.iteration + 1
+        if acc.is_main_process:
+            with (self.out / "metrics.jsonl").open("a") as fh:
+                fh.write(json.dumps({"step": step, **metrics}, default=float) + "\n")
+            if step % self.recipe.training.logging_steps == 0 or step == self.recipe.training.max_steps:
+                logger.info(
+                    "iter %d/%d | reward %.3f | kl %.3f (beta %.3g) | pg %.4f vf %.4f | %.1f s (gen %.1f, score %.1f, "
+                    "train %.1f) | %.2f samples/s",
+                    step, self.recipe.training.max_steps, metrics["reward/raw"], metrics["ppo/kl"],
+                    metrics["ppo/kl_coef"], metrics["ppo/policy_loss"], metrics["ppo/value_loss"],
+                    metrics["time/iteration"], metrics["time/generation"], metrics["time/scoring"],
+                    metrics["time/training"] + metrics["time/experience"], metrics["perf/samples_per_s"],
+                )
+        if acc.trackers:
+            acc.log({k: v for k, v in metrics.items() if not math.isnan(v)}, step=step)
+
+    def _write_samples(self, rows, responses, raw_scores, scores, finished) -> None:  # noqa: ANN001
+        if not self.accelerator.is_main_process:
+            return
+        n = self.recipe.ppo.num_samples
+        with (self.out / SAMPLES_FILE).open("a") as fh:
+            for row, response, raw, score, done in list(zip(rows, responses, raw_scores.tolist(), scores.tolist(),
+                                                            finished.tolist()))[:n]:
+                record = {"iteration": self.iteration + 1, "prompt": row, "response": response, "reward": raw,
+                          "score": score, "finished": done}
+                fh.write(json.dumps(record) + "\n")
+
+    # ----------------------------------------------------------------------- checkpoints
+
+    def save_checkpoint(self) -> Path:
+        """``checkpoint-N/``: policy, value model, optimizer, scheduler and RNG states (accelerate),
+        plus ``ppo_state.json`` (iterations done, KL controller)."""
+        acc = self.accelerator
+        path = self.out / f"checkpoint-{self.iteration}"
+        acc.save_state(str(path))
+        if acc.is_main_process:
+            state = {"iteration": self.iteration, "kl_controller": asdict(self.kl_ctl)}
+            (path / STATE_FILE).write_text(json.dumps(state, indent=2))
+            _prune_checkpoints(self.out, self.recipe.training.save_total_limit)
+            logger.info("saved %s", path)
+        acc.wait_for_everyone()
+        return path
+
+    def _resume(self) -> None:
+        last = last_checkpoint(self.out)
+        if last is None:
+            logger.warning("resume: true but no checkpoint in %s; starting from iteration 0", self.out)
+            return
+        self.accelerator.load_state(str(last))
+        state = json.loads((last / STATE_FILE).read_text())
+        self.iteration = state["iteration"]
+        self.kl_ctl = KLController(**state["kl_controller"])
+        if self.accelerator.is_main_process:  # drop what the interrupted run logged after this checkpoint
+            _truncate_jsonl(self.out / "metrics.jsonl", "step", self.iteration)
+            _truncate_jsonl(self.out / SAMPLES_FILE, "iteration", self.iteration)
+        logger.info("resumed from %s at iteration %d, beta %.4g", last, self.iteration, self.kl_ctl.value)
+
+    def save_final(self) -> None:
+        """Policy at the run root (LoRA: ``adapter/`` and the merged model), value model in ``value_model/``."""
+        acc = self.accelerator
+        state = acc.get_state_dict(self.module)  # gathers ZeRO-3 shards; call on every process
+        if not acc.is_main_process:
+            acc.wait_for_everyone()
+            return
+        unwrapped = acc.unwrap_model(self.module)
+        policy_state = {k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")}
+        value_state = {k: v for k, v in state.items() if not k.startswith("policy.")}
+        if self.recipe.model.method in ("lora", "qlora"):
+            unwrapped.policy.save_pretrained(str(self.out / "adapter"), state_dict=policy_state)
+            from align.models import merge_adapter
+
+            merge_adapter(self.recipe.model, self.out / "adapter", self.out)
+        else:
+            unwrapped.policy.save_pretrained(str(self.out), state_dict=policy_state)
+        self.tokenizer.save_pretrained(str(self.out))
+        from safetensors.torch import save_file
+
+        (self.out / "value_model").mkdir(exist_ok=True)
+        save_file({k: v.contiguous() for k, v in value_state.items()}, str(self.out / "value_model" / "model.safetensors"))
+        acc.wait_for_everyone()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _hidden_size(model: nn.Module) -> int:
+    config = model.config
+    return getattr(config, "hidden_size", None) or config.get_text_config().hidden_size
+
+
+def _disable_dropout(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+
+
+def _eos_ids(model: nn.Module, tokenizer) -> list[int]:  # noqa: ANN001
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    ids.discard(None)
+    if not ids:
+        raise ValueError("the policy's tokenizer has no eos token: PPO needs one to end responses")
+    return sorted(ids)
+
+
+def _scheduler(recipe: PPORecipe, optimizer: torch.optim.Optimizer):  # noqa: ANN202
+    from transformers import get_scheduler
+
+    training, ppo = recipe.training, recipe.ppo
+    total = training.max_steps * ppo.epochs * (ppo.rollouts_per_iteration // recipe.minibatch_size)
+    # Stepped once per optimizer step of this process (see make_accelerator), so no world-size factor.
+    return get_scheduler(
+        training.lr_scheduler, optimizer, num_warmup_steps=int(training.warmup_ratio * total), num_training_steps=total
+    )
+
+
+def _truncate_jsonl(path: Path, key: str, last: int) -> None:
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get(key, 0) <= last]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def last_checkpoint(out: Path) -> Path | None:
+    """The ``checkpoint-N`` with the largest N that holds a ``ppo_state.json``."""
+    found = [(int(m.group(1)), p) for p in out.glob("checkpoint-*") if (m := _CHECKPOINT.match(p.name))
+             and (p / STATE_FILE).is_file()]
+    return max(found)[1] if found else None
+
+
+def _prune_checkpoints(out: Path, keep: int | None) -> None:
+    if keep is None:
+        return
+    found = sorted((int(m.group(1)), p) for p in out.glob("checkpoint-*") if (m := _CHECKPOINT.match(p.name)))
+    for _, path in found[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def run(recipe: PPORecipe) -> StageResult:
+    from align.training import write_model_card
+
+    trainer = PPOTrainer(recipe)
+    last = trainer.train()
+    trainer.save_final()
+    metrics = {k: v for k, v in last.items() if k.startswith(("reward/", "ppo/"))}
+    metrics["ppo/iterations"] = trainer.iteration
+    result = StageResult(output_dir=trainer.out, metrics=metrics)
+    if trainer.accelerator.is_main_process:
+        write_model_card(trainer.out, recipe, metrics, title=f"PPO of {recipe.model.name_or_path}")
+        result.save()
+    trainer.accelerator.end_training()
+    return result

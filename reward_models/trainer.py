@@ -1,0 +1,128 @@
+"""``RewardTrainer``: HF ``Trainer`` with the reward model's collator, loss and evaluation.
+
+Why HF ``Trainer`` and not TRL's ``RewardTrainer``: TRL's trains a
+``AutoModelForSequenceClassification`` on preference pairs only; ours mixes pairs, ties,
+ratings and rankings in one batch, with an encoder + pooling + head model. Subclassing
+``Trainer`` (``compute_loss`` + ``evaluate``) keeps checkpoints, resume, DeepSpeed,
+gradient accumulation and logging as they are for every other stage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from transformers import Trainer
+
+from reward_models.metrics import evaluate_units, plot_reliability, score_units
+from reward_models.objective import MODEL_INPUTS, LossSpec, collate_layout, total_loss
+from reward_models.scorer import RewardScorer
+
+logger = logging.getLogger("reward_models")
+
+
+class UnitDataset(Dataset):
+    """A list of units (see ``reward_models.objective``) as a map-style torch dataset."""
+
+    def __init__(self, units: Sequence[dict[str, Any]]) -> None:
+        self.units = list(units)
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.units[index]
+
+
+class RewardTrainer(Trainer):
+    """Trains a ``RewardModel`` on mixed units; ``evaluate`` reports reward metrics and the eval loss.
+
+    ``compute_loss`` returns the mean loss of one micro-batch; the Trainer divides it by the
+    gradient-accumulation steps (``loss_is_scaled_for_ga = False``). Metrics come out as
+    ``eval_loss``, ``eval_accuracy``, ``eval_rating_spearman``, ... and, when ``plot_dir`` is
+    set, each evaluation rewrites ``reliability.png`` and ``reliability.json`` there.
+    """
+
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        *args: Any,
+        loss_spec: LossSpec,
+        plot_dir: str | Path | None = None,
+        reliability_bins: int = 10,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.loss_spec = loss_spec
+        self.plot_dir = Path(plot_dir) if plot_dir is not None else None
+        self.reliability_bins = reliability_bins
+        self._sums: dict[str, Any] = {}
+        self._counts: dict[str, int] = defaultdict(int)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001 - HF signature
+        scores = model(**{k: inputs[k] for k in MODEL_INPUTS if k in inputs})  # (N,)
+        loss, parts = total_loss(scores, inputs, self.loss_spec)
+        if model.training:
+            self._track(scores.detach(), inputs, parts)
+        return (loss, {"scores": scores}) if return_outputs else loss
+
+    def _track(self, scores: torch.Tensor, inputs: dict[str, torch.Tensor], parts: dict[str, torch.Tensor]) -> None:
+        # Tensors, not floats: no device sync per step; converted once per log.
+        for kind, value in parts.items():
+            self._sums[f"loss_{kind}"] = self._sums.get(f"loss_{kind}", 0.0) + value.detach()
+            self._counts[f"loss_{kind}"] += 1
+        pairs = inputs["pair_index"]
+        if pairs.numel():
+            d = scores[pairs[:, 0]] - scores[pairs[:, 1]]
+            self._sums["accuracy"] = self._sums.get("accuracy", 0.0) + ((d > 0).float() + 0.5 * (d == 0).float()).sum()
+            self._counts["accuracy"] += pairs.shape[0]
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._counts:
+            logs.update({f"train/{k}": float(self._sums[k]) / self._counts[k] for k in self._counts})
+            self._sums.clear()
+            self._counts.clear()
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:  # noqa: ANN001
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        units = list(dataset.units if isinstance(dataset, UnitDataset) else dataset or [])
+        if not units:
+            return {}
+        metrics, bins = self.measure(units)
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
+        self.log(dict(metrics))  # log() adds epoch and token counts to the dict it is given
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        if self.plot_dir is not None and self.is_world_process_zero():
+            self.save_reliability(bins, self.plot_dir)
+        return metrics
+
+    def measure(self, units: Sequence[dict[str, Any]]) -> tuple[dict[str, float], list[dict[str, float]]]:
+        """(metrics incl. ``loss``, reliability bins) of ``units``, with raw (unnormalised) scores.
+
+        One scoring pass: the loss is computed from the same scores over the whole set at
+        once (each kind's mean over all its eval items, weighted as in training).
+        """
+        model = self.accelerator.unwrap_model(self.model)
+        scorer = RewardScorer(model, batch_size=self.args.per_device_eval_batch_size, normalize=False)
+        scores = score_units(scorer.score, units)
+        metrics, bins = evaluate_units(units, scores, self.reliability_bins)
+        _, _, layout = collate_layout(units)
+        flat = torch.from_numpy(np.concatenate(scores)).float()
+        metrics["loss"] = float(total_loss(flat, layout, self.loss_spec)[0])
+        return metrics, bins
+
+    @staticmethod
+    def save_reliability(bins: list[dict[str, float]], directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "reliability.json").write_text(json.dumps(bins, indent=2) + "\n")
+        plot_reliability(bins, directory / "reliability.png")
