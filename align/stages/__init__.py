@@ -58,6 +58,11 @@ STAGES: dict[str, StageSpec] = {
         "align.stages.reward:run",
         "reward model: BERT-style encoder + head on preferences, rankings and ratings",
     ),
+    "dpo": StageSpec(
+        "align.config:DPORecipe",
+        "align.stages.dpo:run",
+        "direct preference optimisation (TRL DPOTrainer): sigmoid/IPO/hinge/robust/conservative(+SFT), padding-free",
+    ),
 }
 
 

@@ -1,0 +1,213 @@
+"""DPO training throughput and peak memory: our stage (padded, padding-free, precomputed reference) vs plain TRL.
+
+    python benchmarks/bench_dpo.py                       # SmolLM2-135M, 8 pairs, 2 steps of 4 pairs
+    python benchmarks/bench_dpo.py --steps 2 --threads 2 --configs trl padded padding_free
+
+Every configuration runs in its own subprocess (so ``ru_maxrss`` is its own peak RSS) on the
+same model (full fine-tuning, float32, no gradient checkpointing), the same 8 chat pairs of
+uneven length (up to 256 tokens) and the same batches. The peer is TRL 1.16's DPOTrainer as a
+user would call it: the policy in, TRL loads the frozen reference copy, padded batches (its
+``padding_free`` is disabled in 1.16). tokens/s counts real (non-pad) tokens of the training
+steps only; ``setup`` is loading, tokenizing and, for precompute, the reference pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+MODEL = "smollm2-135m-instruct"
+CONFIGS = {  # name -> dpo options of our recipe; "trl" is the peer
+    "trl": None,
+    "padded": {},
+    "padding_free": {"padding_free": True},
+    "padding_free_rows": {"padding_free": True, "pack_row_tokens": 512},
+    "precompute": {"precompute_ref": True},
+    "padding_free+precompute": {"padding_free": True, "precompute_ref": True},
+}
+SENTENCES = [
+    "The capital of France is Paris, a city on the Seine.",
+    "Water boils at one hundred degrees Celsius at sea level.",
+    "To make tea, steep the leaves in hot water for three to five minutes.",
+    "A leap year has three hundred and sixty-six days.",
+    "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen.",
+    "The mitochondria produce most of the chemical energy a cell needs.",
+]
+
+
+def make_pairs(n: int = 8, seed: int = 0) -> list[dict]:
+    """Chat pairs whose completions run from one sentence (~15 tokens) to ~14 (~220): uneven on purpose."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        prompt = [{"role": "user", "content": " ".join(rng.choices(SENTENCES, k=rng.randint(1, 2))) + " Explain."}]
+        long, short = rng.randint(8, 14), rng.randint(1, 3)
+        a, b = (long, short) if i % 2 else (short, long)
+        rows.append({"prompt": prompt,
+                     "chosen": [{"role": "assistant", "content": " ".join(rng.choices(SENTENCES, k=a))}],
+                     "rejected": [{"role": "assistant", "content": " ".join(rng.choices(SENTENCES, k=b))}]})
+    return rows
+
+
+def dpo_args(out: str, steps: int, batch: int) -> dict:
+    return dict(output_dir=out, max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-6,
+                lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to=[], bf16=False,
+                gradient_checkpointing=False, max_length=256, beta=0.1, seed=0,
+                include_num_input_tokens_seen="non_padding", disable_tqdm=True, dataloader_pin_memory=False)
+
+
+def build_trl(data_file: Path, out: str, steps: int, batch: int):  # noqa: ANN201
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from align.models import resolve_model_source
+
+    source = resolve_model_source(MODEL)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    rows = [json.loads(line) for line in data_file.read_text().splitlines()]
+    return DPOTrainer(model=model, args=DPOConfig(**dpo_args(out, steps, batch)), train_dataset=Dataset.from_list(rows),
+                      processing_class=tokenizer)
+
+
+def build_ours(options: dict, data_file: Path, out: str, steps: int, batch: int):  # noqa: ANN201
+    from align.config import DPORecipe
+    from align.data import load_records
+    from align.models import load_policy, load_reference
+    from align.recipe import validate
+    from align.stages.dpo import build_trainer
+
+    recipe = validate(DPORecipe, {
+        "model": {"name_or_path": MODEL, "method": "full"},
+        "data": {"path": str(data_file)},
+        "training": {"output_dir": out, "max_steps": steps, "per_device_batch_size": batch, "learning_rate": 1e-6,
+                     "lr_scheduler": "constant", "logging_steps": 1, "save_steps": None, "max_length": 256,
+                     "report_to": "none", "seed": 0},
+        "dpo": {"beta": 0.1, **options},
+        "eval": {"enabled": False},
+    })
+    data = load_records(recipe.data, default_kind="preference", want="preference")
+    model, tokenizer = load_policy(recipe.model)
+    reference = None if recipe.dpo.precompute_ref else load_reference(recipe.model)
+    trainer, _ = build_trainer(recipe, model, reference, tokenizer, data.train, None, Path(out))
+    trainer.args.dataloader_pin_memory = False
+    trainer.args.disable_tqdm = True
+    return trainer
+
+
+def worker(name: str, data_file: Path, steps: int, batch: int, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        if CONFIGS[name] is None:
+            trainer = build_trl(data_file, out, steps, batch)
+        else:
+            trainer = build_ours(CONFIGS[name], data_file, out, steps, batch)
+        built = time.perf_counter()
+        trainer.train()
+        done = time.perf_counter()
+    first = trainer.state.log_history[0]
+    return {
+        "config": name,
+        "setup_s": built - start,
+        "train_s": done - built,
+        "tokens": trainer.state.num_input_tokens_seen,
+        "tokens_per_s": trainer.state.num_input_tokens_seen / (done - built),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "first_loss": first["loss"],
+        "first_logps_chosen": first.get("logps/chosen"),
+    }
+
+
+def padding_share(data_file: Path, batch: int) -> float:
+    """Share of pad tokens in the padded batches of this data (chosen and rejected padded together, as TRL does)."""
+    from transformers import AutoTokenizer
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    from align.models import resolve_model_source
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(MODEL))
+    rows = [json.loads(line) for line in data_file.read_text().splitlines()]
+    real = total = 0
+    for i in range(0, len(rows), batch):
+        examples = []
+        for row in rows[i : i + batch]:
+            prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
+                                                   return_dict=True)["input_ids"]
+            full = [tokenizer.apply_chat_template(row["prompt"] + row[k], tokenize=True, return_dict=True)["input_ids"]
+                    for k in ("chosen", "rejected")]
+            examples.append({"prompt_ids": prompt, "chosen_ids": full[0][len(prompt):], "rejected_ids": full[1][len(prompt):]})
+        padded = DataCollatorForPreference(pad_token_id=0, max_length=256)(examples)
+        real += int(padded["attention_mask"].sum())
+        total += padded["attention_mask"].numel()
+    return 1 - real / total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=4, help="pairs per step")
+    parser.add_argument("--pairs", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (1: stable on a shared CPU)")
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        result = worker(args.worker, Path(args.data), args.steps, args.batch, args.threads)
+        print("RESULT " + json.dumps(result))
+        return
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data_file = Path(tmp) / "pairs.jsonl"
+        data_file.write_text("".join(json.dumps(row) + "\n" for row in make_pairs(args.pairs)))
+        print(f"{MODEL}, {args.pairs} pairs, {args.steps} steps x {args.batch} pairs, {args.threads} thread(s); "
+              f"padding in TRL's padded batches: {padding_share(data_file, args.batch):.0%} of tokens", flush=True)
+        results = {}
+        for name in args.configs:
+            cmd = [sys.executable, __file__, "--worker", name, "--data", str(data_file), "--steps", str(args.steps),
+                   "--batch", str(args.batch), "--threads", str(args.threads)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+            if proc.returncode or not lines:
+                print(f"{name}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
+                continue
+            results[name] = json.loads(lines[-1].removeprefix("RESULT "))
+            r = results[name]
+            print(f"  {name}: {r['tokens_per_s']:.0f} tok/s, {r['peak_rss_mb']:.0f} MB", flush=True)
+    print_table(results)
+
+
+def print_table(results: dict[str, dict]) -> None:
+    base = results.get("trl")
+    head = f"{'config':<26}{'setup s':>9}{'train s':>9}{'tok/s':>9}{'x TRL':>7}{'peak RSS MB':>13}{'x TRL':>7}{'step-1 loss':>13}"
+    print("\n" + head + "\n" + "-" * len(head))
+    for name, r in results.items():
+        speed = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}" if base else "-"
+        memory = f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}" if base else "-"
+        print(f"{name:<26}{r['setup_s']:>9.1f}{r['train_s']:>9.1f}{r['tokens_per_s']:>9.0f}{speed:>7}"
+              f"{r['peak_rss_mb']:>13.0f}{memory:>7}{r['first_loss']:>13.6f}")
+
+
+if __name__ == "__main__":
+    main()
