@@ -21,7 +21,6 @@ from transformers.trainer_utils import get_last_checkpoint
 from align.config import TrainingConfig
 from align.distributed import route_cpu_deepspeed_to_gloo
 from align.recipe import dump_recipe
-from align.stages import StageResult
 
 logger = logging.getLogger("align")
 

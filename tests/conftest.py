@@ -19,6 +19,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 from tiny_models import save_tiny_bert, save_tiny_llama  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():  # noqa: ANN201
+    """Tiny models gain nothing from threads, and on a shared CPU OpenMP's spin-waits make them ~50x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 4-layer, 32-wide Llama with a ChatML byte-level BPE tokenizer, saved as an HF directory."""

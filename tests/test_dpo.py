@@ -23,15 +23,6 @@ QUESTIONS = [
 GOOD, OK, BAD = "good, good and great.", "maybe, yes.", "bad, terrible and bad."
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():  # noqa: ANN201
-    """Tiny models gain nothing from threads, and on a shared CPU OpenMP's spin-waits make them ~50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def preference_file(tmp_path: Path) -> Path:
     path = tmp_path / "pairs.jsonl"

@@ -37,15 +37,6 @@ def pairs_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():  # noqa: ANN201
-    """Tiny models gain nothing from threads, and on a shared CPU OpenMP's spin-waits make them ~50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_recipe(model_dir: Path, data: Path, out: Path, **dpo) -> DPORecipe:  # noqa: ANN003
     return validate(DPORecipe, {
         "model": {"name_or_path": str(model_dir)},
