@@ -497,3 +497,122 @@ class DPORecipe(StageRecipe):
                 "per row, not once per sequence"
             )
         return self
+
+
+# --------------------------------------------------------------------------- eval and export (no training)
+
+
+class OutputSettings(Section):
+    """``training`` of the stages that train nothing (eval, export); a pipeline sets output_dir as for any stage."""
+
+    output_dir: str = Field("runs/out", description="Run directory: resolved recipe, outputs, stage_result.json.")
+    seed: int = Field(42, description="Seed of every random draw; the same seed gives the same outputs.")
+
+
+class EvalPolicy(Section):
+    name: str | None = Field(None, description="Label in the report; default: the last part of model.name_or_path.")
+    model: ModelConfig = Field(
+        ..., description="The policy: a run dir, an adapter dir (merged on load), HF dir, .gguf or alias."
+    )
+    run_dir: str | None = Field(
+        None, description="Training run whose metrics.jsonl is plotted; default: model.name_or_path (or an adapter "
+        "dir's parent) when it holds a metrics.jsonl."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_is_a_model(cls, values: Any) -> Any:
+        return {"model": {"name_or_path": values}} if isinstance(values, str) else values
+
+    @property
+    def label(self) -> str:
+        return self.name or Path(self.model.name_or_path.rstrip("/")).name or self.model.name_or_path
+
+
+class EvalSampling(SamplingSettings):
+    num_prompts: int = Field(64, gt=0, description="Held-out prompts to answer: the first N distinct ones.")
+    batch_size: int = Field(8, gt=0, description="Prompts per generate call.")
+
+
+class EvalReportSettings(Section):
+    num_samples: int = Field(8, ge=0, description="Prompts shown in report.md's sample table (samples.jsonl has all).")
+    runs: list[str] = Field(default_factory=list, description="More training run dirs whose metrics.jsonl is plotted.")
+
+
+class EvalRecipe(StageRecipe):
+    """``align eval``: policies vs a baseline on held-out prompts: win rate, reward, KL to the reference, length.
+
+    KL(pi || pi_ref) is estimated on the policy's own samples, unbiased only for plain sampling
+    (temperature 1, top_p 1, top_k 0).
+    """
+
+    stage: Literal["eval"] = "eval"
+    policies: list[EvalPolicy] = Field(..., min_length=1, description="Policies to evaluate; a bare path is a model.")
+    reference: ModelConfig = Field(..., description="KL reference: the policies' starting point, usually the SFT model.")
+    baseline: ModelConfig | None = Field(None, description="Opponent in the win rate; default: the reference.")
+    reward: JudgeSettings | None = Field(None, description="Judge of win rate and mean reward; null: KL and length only.")
+    data: DataConfig = Field(..., description="Prompts; its eval split when eval_path/eval_fraction is set, else all rows.")
+    generation: EvalSampling = Field(default_factory=EvalSampling)
+    report: EvalReportSettings = Field(default_factory=EvalReportSettings)
+    training: OutputSettings = Field(default_factory=lambda: OutputSettings(output_dir="runs/eval"))
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> "EvalRecipe":
+        seen: dict[str, int] = {}
+        for i, policy in enumerate(self.policies):
+            if policy.label in seen or policy.label == "baseline":
+                first = f"policies[{seen[policy.label]}]" if policy.label in seen else "the baseline"
+                raise ValueError(
+                    f"policies[{i}] and {first} are both labelled '{policy.label}'; give policies[{i}] a distinct name"
+                )
+            seen[policy.label] = i
+        return self
+
+
+GGUFType = Literal["f16", "q8_0"]
+
+
+class GGUFSettings(Section):
+    enabled: bool = Field(True, description="Write GGUF files (Llama architecture); false: safetensors only.")
+    types: list[GGUFType] = Field(
+        default_factory=lambda: ["f16", "q8_0"], min_length=1, description="One file per type: model-<type>.gguf."
+    )
+    verify: bool = Field(True, description="Load each GGUF back with transformers and compare its logits with the model's.")
+    tolerance_f16: float = Field(
+        0.01, gt=0, description="Largest |logit difference| accepted for f16, relative to the largest |logit|."
+    )
+    tolerance_q8_0: float = Field(
+        0.15, gt=0, description="Largest |logit difference| accepted for q8_0, relative to the largest |logit|."
+    )
+    tokenizer_pre: str | None = Field(
+        None, description="llama.cpp pre-tokenizer name (tokenizer.ggml.pre); default: detected from the tokenizer."
+    )
+
+
+class OllamaSettings(Section):
+    enabled: bool = Field(True, description="Write an Ollama Modelfile next to the GGUF files.")
+    gguf: GGUFType = Field("q8_0", description="GGUF file the Modelfile's FROM names (must be among gguf.types).")
+    system: str | None = Field(None, description="SYSTEM prompt; default: the chat template's own default, if any.")
+    parameters: dict[str, float | int | str] = Field(
+        default_factory=dict, description="Extra PARAMETER lines, e.g. {temperature: 0.7, num_ctx: 4096}."
+    )
+
+
+class ExportRecipe(StageRecipe):
+    """``align export``: merged safetensors + tokenizer + model card, GGUF (f16, q8_0) and an Ollama Modelfile."""
+
+    stage: Literal["export"] = "export"
+    model: ModelConfig = Field(..., description="What to export: a run dir (its adapter/ is merged), adapter dir, HF dir.")
+    adapter: str | None = Field(None, description="A LoRA adapter dir to merge into model (when model is its base).")
+    model_name: str | None = Field(None, description="Name in the model card and GGUF metadata; default: output dir name.")
+    gguf: GGUFSettings = Field(default_factory=GGUFSettings)
+    ollama: OllamaSettings = Field(default_factory=OllamaSettings)
+    training: OutputSettings = Field(default_factory=lambda: OutputSettings(output_dir="runs/export"))
+
+    @model_validator(mode="after")
+    def _modelfile_has_a_gguf(self) -> "ExportRecipe":
+        if self.ollama.enabled and not self.gguf.enabled:
+            raise ValueError("ollama.enabled=true needs gguf.enabled=true (got gguf.enabled=false); disable one of them")
+        if self.ollama.enabled and self.ollama.gguf not in self.gguf.types:
+            raise ValueError(f"ollama.gguf='{self.ollama.gguf}' is not among gguf.types={self.gguf.types}")
+        return self

@@ -63,6 +63,16 @@ STAGES: dict[str, StageSpec] = {
         "align.stages.dpo:run",
         "direct preference optimisation (TRL DPOTrainer): sigmoid/IPO/hinge/robust/conservative(+SFT), padding-free",
     ),
+    "eval": StageSpec(
+        "align.config:EvalRecipe",
+        "align.eval.stage:run",
+        "evaluate policies vs a baseline: win rate, reward, KL to the reference, length; report + plots",
+    ),
+    "export": StageSpec(
+        "align.config:ExportRecipe",
+        "align.export.stage:run",
+        "merge LoRA, save safetensors + model card, GGUF (f16, q8_0) and an Ollama Modelfile",
+    ),
 }
 
 

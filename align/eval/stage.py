@@ -1,0 +1,295 @@
+"""``align eval``: policies against a baseline on held-out prompts: win rate, mean reward, KL to the reference, length.
+
+    align eval recipes/eval.yaml generation.num_prompts=16
+
+For each model (the baseline first, then every policy) one response per prompt is sampled with
+the same seed per batch (common random numbers, so differences between models are less noisy;
+a model against itself gives identical responses, a win rate of exactly 0.5). The judge scores
+every response; the reference scores every sampled token for the KL. Written to the run dir:
+
+- ``report.md``: the summary table, the plots, a sample table per prompt;
+- ``samples.jsonl``: every prompt with every model's response, reward, KL and length;
+- ``reward_vs_kl.png``: mean reward against KL, one point per model (needs a judge);
+- ``training_curves.png``: reward and KL over training of the policies' runs (their
+  ``metrics.jsonl``) and of ``report.runs``;
+- ``stage_result.json``: metrics ``eval/<label>/win_rate`` (and ``_se``), ``reward`` (and
+  ``_se``), ``kl``, ``kl_full_vocab``, ``response_tokens``, ``finished_frac``; the baseline is
+  labelled ``baseline``.
+
+The same seed and recipe give the same report. Models are loaded one at a time next to the
+reference, on the GPU when there is one.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from align.config import EvalRecipe, ModelConfig
+from align.eval.curves import RunCurves, plot_reward_vs_kl, plot_training, run_curves
+from align.eval.metrics import win_rate_and_se
+from align.eval.sampling import Prompt, generate, held_out_prompts, markdown_cell, response_kls
+from align.recipe import RecipeError
+from align.stages import StageResult
+from align.training import prepare_run_dir
+
+logger = logging.getLogger("align.eval")
+
+BASELINE = "baseline"
+
+
+@dataclass
+class Responses:
+    """One model's responses to every prompt, with per-response KL, length and whether EOS was reached."""
+
+    texts: list[str]
+    kl: torch.Tensor  # (N,) k1: sum of log pi - log pi_ref over the response tokens
+    kl_full_vocab: torch.Tensor  # (N,)
+    tokens: torch.Tensor  # (N,) response length, EOS included
+    finished: torch.Tensor  # (N,) bool
+    rewards: torch.Tensor | None = None  # (N,) judge scores
+
+
+def run(recipe: EvalRecipe) -> StageResult:
+    out = prepare_run_dir(recipe, recipe.training.output_dir)
+    prompts = load_prompts(recipe)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if recipe.generation.temperature != 1.0 or recipe.generation.top_p < 1.0 or recipe.generation.top_k > 0:
+        logger.warning("sampling is not plain (temperature %s, top_p %s, top_k %s): the KL is measured on "
+                       "responses not drawn from the policy itself, so it is biased", recipe.generation.temperature,
+                       recipe.generation.top_p, recipe.generation.top_k)
+    reference, reference_tokenizer = _load(recipe.reference, device)
+    models: list[tuple[str, ModelConfig]] = [(BASELINE, recipe.baseline or recipe.reference)]
+    models += [(policy.label, policy.model) for policy in recipe.policies]
+    results: dict[str, Responses] = {}
+    for label, cfg in models:
+        same = next((other for other, other_cfg in models if other in results and other_cfg == cfg), None)
+        if same is not None:  # the same model with the same seeds gives the same responses
+            results[label] = results[same]
+            continue
+        if cfg == recipe.reference:
+            model, tokenizer = reference, reference_tokenizer
+        else:
+            model, tokenizer = _load(cfg, device)
+            _check_same_vocab(label, tokenizer, reference_tokenizer)
+        results[label] = sample_responses(model, tokenizer, reference, prompts, recipe)
+        logger.info("%s: %d responses, mean KL %.3f, mean length %.1f tokens", label, len(prompts),
+                    results[label].kl.mean().item(), results[label].tokens.mean().item())
+        if model is not reference:
+            del model
+            _free(device)
+    del reference
+    _free(device)
+
+    if recipe.reward is not None:
+        score_responses(recipe, prompts, results)
+    metrics = summarize(results)
+    metrics["eval/num_prompts"] = len(prompts)
+    _write_samples(out / "samples.jsonl", prompts, results)
+    plots = _plots(recipe, out, results, metrics)
+    (out / "report.md").write_text(report(recipe, prompts, results, metrics, plots))
+    logger.info("report: %s", out / "report.md")
+    result = StageResult(output_dir=out, metrics=metrics)
+    result.save()
+    return result
+
+
+# --------------------------------------------------------------------------- the steps
+
+
+def load_prompts(recipe: EvalRecipe) -> list[Prompt]:
+    """The first ``generation.num_prompts`` distinct prompts: of the eval split when the data has one, else of all rows."""
+    from align.data import load_records
+
+    data = load_records(recipe.data, "prompt", want="prompt")
+    rows = data.eval if data.eval is not None and len(data.eval) else data.train
+    prompts = held_out_prompts(rows, recipe.generation.num_prompts)
+    logger.info("%d prompts from %s (%s split)", len(prompts), recipe.data.path, "eval" if rows is data.eval else "all")
+    return prompts
+
+
+def _load(cfg: ModelConfig, device: torch.device) -> tuple[Any, Any]:
+    from align.models import load_policy
+
+    model, tokenizer = load_policy(cfg, trainable=False)
+    return model.to(device), tokenizer
+
+
+def _check_same_vocab(label: str, tokenizer: Any, reference_tokenizer: Any) -> None:
+    if tokenizer.get_vocab() != reference_tokenizer.get_vocab():
+        raise RecipeError(f"{label}: its tokenizer's vocabulary differs from the reference's; the KL compares "
+                          "token probabilities, so every model must share the reference's tokenizer")
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _prompt_ids(tokenizer: Any, prompt: Prompt) -> list[int]:
+    """The prompt as the policy sees it in PPO and ``align generate``: through the chat template when there is one."""
+    from align.data import render_prompt
+
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    return tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=not has_template)["input_ids"]
+
+
+def sample_responses(model: Any, tokenizer: Any, reference: Any, prompts: list[Prompt], recipe: EvalRecipe) -> Responses:
+    """One response per prompt from ``model`` (seed + batch start), with KL to ``reference``, length and EOS."""
+    settings = recipe.generation
+    texts: list[str] = []
+    parts: dict[str, list[torch.Tensor]] = {"kl": [], "kl_full_vocab": [], "tokens": [], "finished": []}
+    for start in range(0, len(prompts), settings.batch_size):
+        batch = [_prompt_ids(tokenizer, p) for p in prompts[start : start + settings.batch_size]]
+        gen = generate(model, tokenizer, batch, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                       top_p=settings.top_p, top_k=settings.top_k, seed=recipe.training.seed + start)
+        kls = response_kls(model, reference, gen)
+        texts += gen.texts
+        parts["kl"].append(kls["kl"])
+        parts["kl_full_vocab"].append(kls["kl_full_vocab"])
+        parts["tokens"].append(gen.response_mask.sum(-1).float())
+        eos = (gen.sequences == tokenizer.eos_token_id) & gen.response_mask.bool()
+        parts["finished"].append(eos.any(-1))
+    return Responses(texts, **{key: torch.cat(values) for key, values in parts.items()})
+
+
+def score_responses(recipe: EvalRecipe, prompts: list[Prompt], results: dict[str, Responses]) -> None:
+    """Judge every response (one call per model); ``reward.missing_eos_penalty`` and ``clip`` apply as in PPO."""
+    from align.judges import load_judge
+    from reward_models.text import render_prompt as prompt_text  # the judge's own prompt rendering, as in PPO
+
+    settings = recipe.reward
+    judge = load_judge(settings.judge, batch_size=settings.batch_size, normalize=settings.normalize)
+    texts = [prompt_text(p) for p in prompts]
+    for responses in results.values():
+        scores = judge(texts, responses.texts).float()
+        if settings.missing_eos_penalty is not None:
+            scores = scores - settings.missing_eos_penalty * (~responses.finished).float()
+        if settings.clip is not None:
+            scores = scores.clamp(-settings.clip, settings.clip)
+        responses.rewards = scores
+
+
+def summarize(results: dict[str, Responses]) -> dict[str, Any]:
+    """``eval/<label>/...`` means (and standard errors of win rate and reward) for every model."""
+    metrics: dict[str, Any] = {}
+    baseline = results[BASELINE]
+    for label, res in results.items():
+        prefix = f"eval/{label}/"
+        metrics[prefix + "kl"] = res.kl.mean().item()
+        metrics[prefix + "kl_full_vocab"] = res.kl_full_vocab.mean().item()
+        metrics[prefix + "response_tokens"] = res.tokens.mean().item()
+        metrics[prefix + "finished_frac"] = res.finished.float().mean().item()
+        if res.rewards is not None:
+            metrics[prefix + "reward"] = res.rewards.mean().item()
+            n = res.rewards.numel()
+            metrics[prefix + "reward_se"] = res.rewards.std(unbiased=False).item() / math.sqrt(n) if n > 1 else 0.0
+            if label != BASELINE:
+                rate, se = win_rate_and_se(res.rewards, baseline.rewards)
+                metrics[prefix + "win_rate"], metrics[prefix + "win_rate_se"] = rate, se
+    return metrics
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _write_samples(path: Path, prompts: list[Prompt], results: dict[str, Responses]) -> None:
+    with path.open("w") as fh:
+        for i, prompt in enumerate(prompts):
+            row = {"prompt": prompt, "responses": {label: _sample(res, i) for label, res in results.items()}}
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _sample(res: Responses, i: int) -> dict[str, Any]:
+    row = {"text": res.texts[i], "kl": round(res.kl[i].item(), 4), "tokens": int(res.tokens[i].item()),
+           "finished": bool(res.finished[i].item())}
+    if res.rewards is not None:
+        row["reward"] = round(res.rewards[i].item(), 4)
+    return row
+
+
+def _plots(recipe: EvalRecipe, out: Path, results: dict[str, Responses], metrics: dict[str, Any]) -> dict[str, Any]:
+    """Write the PNGs; returns what the report needs to say about them."""
+    runs: list[RunCurves] = []
+    wanted = [(p.label, p.run_dir or p.model.name_or_path, p.run_dir is not None) for p in recipe.policies]
+    wanted += [(Path(path).name, path, True) for path in recipe.report.runs]
+    for label, path, explicit in wanted:
+        curves = run_curves(path, label) if Path(path).exists() else None
+        if curves is None:
+            if explicit:
+                logger.warning("%s: no metrics.jsonl at %s; nothing to plot for it", label, path)
+            continue
+        runs.append(curves)
+    points = [(label, metrics[f"eval/{label}/kl"], metrics[f"eval/{label}/reward"])
+              for label in results if f"eval/{label}/reward" in metrics]
+    return {
+        "runs": runs,
+        "training_curves": plot_training(runs, out / "training_curves.png"),
+        "reward_vs_kl": plot_reward_vs_kl(points, out / "reward_vs_kl.png"),
+    }
+
+
+def _pm(metrics: dict[str, Any], key: str) -> str:
+    if key not in metrics:
+        return "-"
+    se = metrics.get(key + "_se")
+    return f"{metrics[key]:.3f} ± {se:.3f}" if se is not None else f"{metrics[key]:.3f}"
+
+
+def report(recipe: EvalRecipe, prompts: list[Prompt], results: dict[str, Responses], metrics: dict[str, Any],
+           plots: dict[str, Any]) -> str:
+    """The markdown report: settings, summary table, plots, sample tables."""
+    gen = recipe.generation
+    baseline = (recipe.baseline or recipe.reference).name_or_path
+    judge = f"`{recipe.reward.judge}`" if recipe.reward else "none (no win rate or reward)"
+    lines = [
+        f"# Evaluation on {len(prompts)} held-out prompts", "",
+        f"- judge: {judge}",
+        f"- KL reference: `{recipe.reference.name_or_path}`; win-rate baseline: `{baseline}`",
+        f"- prompts: `{recipe.data.path}`; sampling: temperature {gen.temperature}, top_p {gen.top_p}, "
+        f"top_k {gen.top_k}, at most {gen.max_new_tokens} new tokens; seed {recipe.training.seed}",
+        "",
+        "| model | win rate vs baseline | mean reward | KL to reference | KL (full vocab) | response tokens | ended with EOS |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for label in results:
+        p = f"eval/{label}/"
+        lines.append(f"| {label} | {_pm(metrics, p + 'win_rate')} | {_pm(metrics, p + 'reward')} | "
+                     f"{metrics[p + 'kl']:.3f} | {metrics[p + 'kl_full_vocab']:.3f} | "
+                     f"{metrics[p + 'response_tokens']:.1f} | {metrics[p + 'finished_frac']:.0%} |")
+    lines += [
+        "",
+        "Win rate: share of prompts where the model's response scores above the baseline's (ties count half), "
+        "± one standard error. KL: mean over prompts of the sum of log pi(y_t) - log pi_ref(y_t) over the "
+        "response's sampled tokens; full vocab: the exact per-token KL summed along the same responses (same "
+        "expectation, lower variance). Both are unbiased only for plain sampling at temperature 1.",
+        "",
+    ]
+    if plots["reward_vs_kl"]:
+        lines += ["## Reward vs KL", "", "![reward vs KL](reward_vs_kl.png)", ""]
+    lines += ["## Training curves", ""]
+    if plots["training_curves"]:
+        lines += ["![training curves](training_curves.png)", ""]
+    for run in plots["runs"]:
+        lines.append(f"- {run.label}: `{run.path}`; reward: {run.reward.key if run.reward else 'not logged'}, "
+                     f"KL: {run.kl.key if run.kl else 'not logged'}")
+    if not plots["runs"]:
+        lines.append("No training run with a metrics.jsonl (set a policy's run_dir, or report.runs).")
+    lines += ["", "## Samples", ""]
+    for i, prompt in enumerate(prompts[: recipe.report.num_samples]):
+        lines += [f"### {i + 1}. {markdown_cell(prompt)}", "", "| model | response | reward | KL | tokens |",
+                  "| --- | --- | --- | --- | --- |"]
+        for label, res in results.items():
+            reward = f"{res.rewards[i].item():.3f}" if res.rewards is not None else "-"
+            lines.append(f"| {label} | {markdown_cell(res.texts[i]) or '(empty)'} | {reward} | "
+                         f"{res.kl[i].item():.3f} | {int(res.tokens[i].item())} |")
+        lines.append("")
+    return "\n".join(lines)
