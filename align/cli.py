@@ -2,6 +2,8 @@
 
     align sft recipes/sft.yaml training.max_steps=20
     align run recipes/quickstart.yaml --force sft
+    align generate --model smollm2-135m-instruct --prompts examples/data/prompts_demo.jsonl --out candidates.jsonl
+    align label serve --project demo
 
 Each command is a plain function too (``run_stage``, ``align.pipeline.run_pipeline``), so
 tests call them without a subprocess.
@@ -50,11 +52,31 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", default="", help="comma-separated stage names to re-run even if finished")
     prepare = commands.add_parser("prepare-models", help="convert and cache the offline demo models")
     prepare.add_argument("names", nargs="*", default=["smollm2-135m-instruct", "minilm-l6"], help="model aliases")
+    from align.generate import add_generate_arguments
+    from labeling_ui.commands import add_label_arguments
+
+    generate = commands.add_parser("generate", help="sample N responses per prompt from one or more models for labeling")
+    add_generate_arguments(generate)
+    label = commands.add_parser("label", help="human labeling: users, import candidates, serve the app, export labels")
+    add_label_arguments(label)
+    from labeling_ui.auto import add_auto_command
+
+    add_auto_command(label)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "label" and args.label_command == "auto":  # a judge needs torch; logs like a stage
+        from align.training import setup_logging
+        from labeling_ui.auto import main as auto_main
+
+        setup_logging(logging.DEBUG if args.verbose else logging.INFO)
+        return auto_main(args)
+    if args.command == "label":  # imports neither torch nor transformers: starts in a second
+        from labeling_ui.commands import main as label_main
+
+        return label_main(args)
     from align.training import setup_logging
 
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
@@ -69,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
 
             for name in args.names:
                 logger.info("%s -> %s", name, resolve_model_source(name))
+        elif args.command == "generate":
+            from align.generate import recipe_from_args
+            from align.generate import run as run_generate
+
+            result = run_generate(recipe_from_args(args))
+            logger.info("done -> %s %s", result.metrics["candidates"], result.metrics)
         elif args.command == "run":
             force = {name for name in args.force.split(",") if name}
             results = run_pipeline(args.recipe, args.overrides, force=force)

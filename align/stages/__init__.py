@@ -63,6 +63,10 @@ STAGES: dict[str, StageSpec] = {
         "align.stages.dpo:run",
         "direct preference optimisation (TRL DPOTrainer): sigmoid/IPO/hinge/robust/conservative(+SFT), padding-free",
     ),
+    "ppo": StageSpec(
+        "align.config:PPORecipe", "align.stages.ppo:run", "PPO-RLHF: our own loop on accelerate, rewarded by a text judge"
+    ),
+    "grpo": StageSpec("align.config:GRPORecipe", "align.stages.grpo:run", "GRPO / RLOO through TRL, rewarded by a text judge"),
     "eval": StageSpec(
         "align.config:EvalRecipe",
         "align.eval.stage:run",

@@ -59,11 +59,13 @@ class PolicyAndValue(nn.Module):
         Position t holds the logits and value of the state before response token t (sequence
         position P + t - 1): logits ``[:, :-1]`` pair with ids ``[:, 1:]``.
         """
-        logits, hidden = policy_forward(self.policy, input_ids, attention_mask, response_length, with_values and self.critic is None)
+        want_hidden = with_values and self.critic is None
+        logits, hidden = policy_forward(self.policy, input_ids, attention_mask, response_length, want_hidden)
         values = None
         if with_values:
             if self.critic is not None:
-                out = self.critic(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_of(attention_mask))
+                positions = position_ids_of(attention_mask)
+                out = self.critic(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions)
                 hidden = out.last_hidden_state[:, -(response_length + 1) : -1]  # (B, T, H)
             values = self.value_head(hidden)
         return logits / temperature, values

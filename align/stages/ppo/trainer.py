@@ -118,9 +118,8 @@ class PPOTrainer:
             project_dir=self.out,
         )
         acc = self.accelerator
-        optimizer = torch.optim.AdamW(
-            [p for p in module.parameters() if p.requires_grad], lr=training.learning_rate, weight_decay=training.weight_decay
-        )
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=training.learning_rate, weight_decay=training.weight_decay)
         scheduler = _scheduler(recipe, optimizer)
         self.module, self.optimizer, self.scheduler = acc.prepare(module, optimizer, scheduler)
         self.reference = self._prepare_reference(reference)
@@ -162,9 +161,8 @@ class PPOTrainer:
         from align.judges import load_judge
 
         settings = self.recipe.reward
-        return load_judge(
-            settings.judge, batch_size=settings.batch_size, normalize=settings.normalize, device=str(self.accelerator.device)
-        )
+        return load_judge(settings.judge, batch_size=settings.batch_size, normalize=settings.normalize,
+                          device=str(self.accelerator.device))
 
     # ----------------------------------------------------------------------- the loop
 
@@ -174,7 +172,8 @@ class PPOTrainer:
         while self.iteration < training.max_steps:
             last = self.step()
             self.iteration += 1
-            if training.save_steps and (self.iteration % training.save_steps == 0 or self.iteration == training.max_steps):
+            last_one = self.iteration == training.max_steps
+            if training.save_steps and (self.iteration % training.save_steps == 0 or last_one):
                 self.save_checkpoint()
         self.accelerator.wait_for_everyone()
         return last
@@ -249,7 +248,8 @@ class PPOTrainer:
         ]
         return generated, mask, finished, responses
 
-    def _score(self, rows: list[Any], responses: list[str], finished: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _score(self, rows: list[Any], responses: list[str],
+               finished: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Judge scores (B,) as returned, and after the missing-EOS penalty and clip."""
         from reward_models.text import render_prompt as prompt_text  # the scorer's own prompt rendering
 
@@ -323,7 +323,9 @@ class PPOTrainer:
                         vf_loss, vf_stats = core.value_loss(
                             values.float(), exp.old_values[idx], exp.returns[idx], mask, ppo.clip_range_value
                         )
-                        entropy = core.masked_mean(core.entropy_from_logits(logits.float()), mask)
+                        # Without a bonus the entropy is only logged: no graph through a (B, T, V) softmax.
+                        with torch.set_grad_enabled(ppo.ent_coef > 0 and torch.is_grad_enabled()):
+                            entropy = core.masked_mean(core.entropy_from_logits(logits.float()), mask)
                         loss = pg_loss + ppo.vf_coef * vf_loss - ppo.ent_coef * entropy
                         acc.backward(loss)
                         if acc.sync_gradients:
@@ -351,8 +353,8 @@ class PPOTrainer:
     def _reduce(self, metrics: dict[str, Any]) -> dict[str, float]:
         """Mean over processes, as Python floats (NaN stays NaN)."""
         keys = sorted(metrics)
-        local = torch.stack([torch.as_tensor(metrics[k], dtype=torch.float32, device=self.accelerator.device).reshape(())
-                             for k in keys])
+        device = self.accelerator.device
+        local = torch.stack([torch.as_tensor(metrics[k], dtype=torch.float32, device=device).reshape(()) for k in keys])
         total = self.accelerator.reduce(local, reduction="mean") if self.accelerator.num_processes > 1 else local
         return dict(zip(keys, total.tolist()))
 
@@ -435,7 +437,8 @@ class PPOTrainer:
         from safetensors.torch import save_file
 
         (self.out / "value_model").mkdir(exist_ok=True)
-        save_file({k: v.contiguous() for k, v in value_state.items()}, str(self.out / "value_model" / "model.safetensors"))
+        value_file = self.out / "value_model" / "model.safetensors"
+        save_file({k: v.contiguous() for k, v in value_state.items()}, str(value_file))
         acc.wait_for_everyone()
 
 

@@ -1,0 +1,84 @@
+"""Judge spec -> scorer: the one place that turns a recipe's ``reward.judge`` into a function.
+
+    python -c "from align.judges import load_judge; print(load_judge('runs/reward')(['Hi'], ['Hello!']))"
+
+A judge takes ``(prompts: list[str], responses: list[str])`` and returns a float32 tensor of
+shape (N,) on CPU. A spec is either
+
+- a directory written by ``align reward``: a ``reward_models.RewardScorer`` (it tokenises the
+  text itself, so it never needs the policy's tokenizer), or
+- ``module:function``: an importable callable with that signature returning a list or tensor
+  of floats, for research and tests (e.g. ``mypkg.rewards:length_penalty``).
+
+PPO, GRPO, labeling's auto-judge and eval all load their judges here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+Judge = Callable[[list[str], list[str]], torch.Tensor]
+
+
+class JudgeError(ValueError):
+    """A judge spec that names neither a reward-model directory nor an importable callable."""
+
+
+def load_judge(spec: str, *, batch_size: int = 32, normalize: bool = True, device: str | None = None) -> Judge:
+    """Resolve ``spec`` (a directory or ``module:function``) to a judge; errors name the spec.
+
+    ``batch_size``, ``normalize`` and ``device`` apply to a reward-model directory only.
+    """
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _reward_model_judge(path, batch_size=batch_size, normalize=normalize, device=device)
+    module_name, sep, attr = spec.partition(":")
+    if sep and module_name and attr and "/" not in module_name:
+        return _callable_judge(spec, module_name, attr)
+    why = "no such directory" if not path.exists() else "not a directory"
+    raise JudgeError(
+        f"reward judge {spec!r}: {why}; a judge is an `align reward` output directory or 'module:function'"
+    )
+
+
+def _reward_model_judge(path: Path, *, batch_size: int, normalize: bool, device: str | None) -> Judge:
+    from reward_models import RewardScorer
+
+    try:
+        scorer = RewardScorer.from_pretrained(path, device=device, batch_size=batch_size, normalize=normalize)
+    except (OSError, ValueError, KeyError) as err:
+        raise JudgeError(f"reward judge {str(path)!r}: cannot load a reward model from it: {err}") from err
+
+    def judge(prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        return scorer.score(list(prompts), list(responses)).float().cpu()
+
+    judge.__name__ = "reward_model"
+    judge.scorer = scorer  # type: ignore[attr-defined]
+    return judge
+
+
+def _callable_judge(spec: str, module_name: str, attr: str) -> Judge:
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise JudgeError(f"reward judge {spec!r}: cannot import module {module_name!r}: {err}") from err
+    fn: Any = module
+    for part in attr.split("."):
+        if not hasattr(fn, part):
+            raise JudgeError(f"reward judge {spec!r}: module {module_name!r} has no attribute {attr!r}")
+        fn = getattr(fn, part)
+    if not callable(fn):
+        raise JudgeError(f"reward judge {spec!r}: {attr!r} is a {type(fn).__name__}, not a callable")
+
+    def judge(prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        scores = torch.as_tensor(fn(list(prompts), list(responses)), dtype=torch.float32).reshape(-1).cpu()
+        if scores.numel() != len(responses):
+            raise JudgeError(f"reward judge {spec!r} returned {scores.numel()} scores for {len(responses)} responses")
+        return scores
+
+    judge.__name__ = attr.rsplit(".", 1)[-1]
+    return judge

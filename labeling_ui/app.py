@@ -1,0 +1,460 @@
+"""The Gradio Blocks app: callbacks read the request, validate, call the store and return updates.
+
+    align label serve --project demo --port 7860
+
+Who acts comes from the login (``request.username``), never from a form field. Every click
+that changes something is one store transaction: a vote or skip writes the label of (item,
+annotator); flags, ranks and scores clicked before the vote are kept on the lease as a draft,
+so a browser refresh or a server restart resumes the same item with the same clicks. Logins
+are kept in the database too (``StoredLogins``), so a restart does not log anyone out.
+
+API endpoints (all need a login; gradio_client: ``Client(url, auth=(name, password))``):
+
+- ``/load``: the annotator's current item; ``/vote`` (item, choice a|b|tie|both_bad, flags,
+  scores as a JSON list in shown order); ``/rank`` (item, flags, scores, rank per shown response);
+  ``/skip`` (item, reason, flags); ``/previous`` (item): the annotator's label before this one;
+  ``/current``: back to the held item; ``/open_item`` (item): one of the annotator's own labels;
+  ``/my_labels``; ``/draft``.
+- admin only: ``/admin_refresh`` (progress per annotator, agreement), ``/admin_export``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator, MutableMapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from labeling_ui.agreement import format_summary, project_agreement
+from labeling_ui.errors import LabelError, NotAllowed
+from labeling_ui.export import ExportOptions, export_project
+from labeling_ui.schemas import PAIR_CHOICES, ProjectConfig
+from labeling_ui.store import LabelStore, Task, UserInfo, new_token, parse_vote
+
+logger = logging.getLogger("labeling_ui")
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+PAIR_BUTTONS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
+SHORTCUTS = {"1": "a", "2": "b", "3": "tie", "4": "both_bad", "a": "a", "b": "b", "t": "tie", "x": "both_bad"}
+BUTTON_LABELS = {choice: f"{label}  [{key}]" for choice, label in PAIR_BUTTONS.items()
+                 for key in [next(k for k, c in SHORTCUTS.items() if c == choice)]}
+# A button sends its own label as the choice; API callers may send a|b|tie|both_bad or a plain label.
+BUTTON_CHOICE = {**{label: c for c, label in PAIR_BUTTONS.items()}, **{label: c for c, label in BUTTON_LABELS.items()}}
+
+# Pairwise buttons from the keyboard; keys typed into a field are left alone.
+SHORTCUT_SCRIPT = """
+<script>
+document.addEventListener('keydown', (event) => {
+  const tag = (event.target && event.target.tagName) || '';
+  if (['INPUT', 'TEXTAREA', 'SELECT'].includes(tag) || event.target.isContentEditable) return;
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
+  const ids = __KEYS__;
+  const id = ids[event.key.toLowerCase()];
+  const button = id && document.getElementById(id);
+  if (button && button.offsetParent !== null) { event.preventDefault(); button.click(); }
+});
+</script>
+""".replace("__KEYS__", json.dumps({key: f"vote-{choice.replace('_', '-')}" for key, choice in SHORTCUTS.items()}))
+
+
+class StoredLogins(MutableMapping):
+    """Gradio's login tokens (token -> user name), kept hashed in the database so logins survive a restart."""
+
+    CACHE_SECONDS = 5.0
+
+    def __init__(self, store: LabelStore, hours: float) -> None:
+        self.store, self.hours = store, hours
+        self.local: dict[str, tuple[str, float]] = {}  # tokens seen by this process, for iteration and a short cache
+
+    def __getitem__(self, token: str) -> str:
+        if not isinstance(token, str):
+            raise KeyError(token)
+        cached = self.local.get(token)
+        if cached is not None and time.monotonic() - cached[1] < self.CACHE_SECONDS:
+            return cached[0]
+        name = self.store.session_user(token)
+        if name is None:
+            self.local.pop(token, None)
+            raise KeyError(token)
+        self.local[token] = (name, time.monotonic())
+        return name
+
+    def __setitem__(self, token: str, name: str) -> None:
+        self.store.create_session(token, name, self.hours)
+        self.local[token] = (name, time.monotonic())
+
+    def __delitem__(self, token: str) -> None:
+        self.store.drop_session(token)
+        self.local.pop(token, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self.local))
+
+    def __len__(self) -> int:
+        return len(self.local)
+
+
+# --------------------------------------------------------------------------- view
+
+
+class View:
+    """Turns store results into component updates, in the fixed order of ``outputs``."""
+
+    def __init__(self, config: ProjectConfig, slots: int) -> None:
+        self.config, self.slots = config, slots
+
+    def task(self, task: Task | None, progress: dict[str, int], message: str = "") -> list[Any]:
+        head = f"**You:** {progress['mine']} of {progress['items']} items · **project:** {progress['labels']} of {progress['needed']} labels"
+        if task is None:
+            done = "All done: no item needs your label now. Thank you!"
+            return [
+                "", head, gr.update(value="", visible=False), gr.update(visible=False), gr.update(visible=False),
+                gr.update(value=[]), gr.update(value=None), message or done, "[]",
+                *[update for _ in range(self.slots) for update in self._slot(None, None, None, visible=False)],
+            ]
+        n = len(task.responses)
+        chosen = task.label or task.draft
+        ranks = chosen.get("ranks") or [None] * n
+        scores = chosen.get("scores") or [None] * n
+        note = message or self._note(task)
+        out = [
+            task.item,
+            f"{head} · item `{task.item}`",
+            gr.update(value=_prompt_text(task.prompt), visible=True),
+            gr.update(visible=n == 2),
+            gr.update(visible=n > 2),
+            gr.update(value=list(chosen.get("flags") or [])),
+            gr.update(value=None),
+            note,
+            json.dumps(scores),
+        ]
+        for i in range(self.slots):
+            if i < n:
+                out += self._slot(task.responses[i], ranks[i], scores[i], visible=True, n=n, index=i)
+            else:
+                out += self._slot(None, None, None, visible=False)
+        return out
+
+    def _slot(self, text: str | None, rank: int | None, score: float | None, *, visible: bool, n: int = 0,
+              index: int = 0) -> list[Any]:
+        score_cfg = self.config.score
+        mid = (score_cfg.minimum + score_cfg.maximum) / 2
+        return [
+            gr.update(visible=visible),
+            gr.update(value=text or "", label=f"Response {LETTERS[index]}"),
+            gr.update(visible=visible and n > 2, choices=list(range(1, max(n, 2) + 1)), value=rank),
+            gr.update(visible=visible and score_cfg.enabled, value=mid if score is None else score),
+        ]
+
+    @staticmethod
+    def _note(task: Task) -> str:
+        if task.label is None:
+            return ""
+        if task.label["status"] == "skipped":
+            what = f"you skipped it ({task.label['skip_reason']})"
+        elif task.label["choice"] == "ranked":
+            what = "your ranks are filled in below"
+        else:
+            what = f"you chose **{PAIR_BUTTONS[task.label['choice']]}**"
+        return (f"Revising your label on item `{task.item}` (revision {task.label['revision']}): {what}. "
+                "Vote again to change it, or go back to your current item.")
+
+
+def _prompt_text(prompt: Any) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in prompt)
+
+
+def _scores(raw: str | None, n_max: int) -> list[float | None] | None:
+    """Scores from the hidden JSON field (shown order, null where the slider was never moved)."""
+    if not raw:
+        return None
+    try:
+        values = json.loads(raw)
+    except json.JSONDecodeError:
+        raise LabelError(f"scores must be a JSON list of numbers or nulls, got {raw[:80]!r}") from None
+    if values is None:
+        return None
+    if not isinstance(values, list) or len(values) > n_max or any(
+        v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))) for v in values
+    ):
+        raise LabelError(f"scores must be a JSON list of numbers or nulls, got {raw[:80]!r}")
+    return values if any(v is not None for v in values) else None
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+class Handlers:
+    """One method per event: who (from the login), validate, one store call, then the view."""
+
+    def __init__(self, store: LabelStore, project: str, slots: int) -> None:
+        self.store, self.project = store, project
+        self.config = store.project_config(project)
+        self.view = View(self.config, slots)
+        self.slots = slots
+
+    def _who(self, request: gr.Request) -> UserInfo:
+        name = getattr(request, "username", None)
+        if not name:
+            raise gr.Error("Log in first.", print_exception=False)
+        try:
+            return self.store.user(name)
+        except NotAllowed as err:
+            raise gr.Error(str(err), print_exception=False) from None
+
+    def _admin(self, request: gr.Request) -> UserInfo:
+        user = self._who(request)
+        if not user.is_admin:
+            raise gr.Error(f"admin only: '{user.name}' is an {user.role}", print_exception=False)
+        return user
+
+    def _show(self, user: UserInfo, task: Task | None, message: str = "") -> list[Any]:
+        if task is not None and len(task.responses) > self.slots:
+            raise gr.Error(f"item '{task.item}' has {len(task.responses)} responses, more than the {self.slots} this "
+                           "server was started with (items imported since?): restart `align label serve`",
+                           print_exception=False)
+        return self.view.task(task, self.store.progress(self.project, user.name), message)
+
+    def _current(self, user: UserInfo, message: str = "") -> list[Any]:
+        return self._show(user, self.store.next_task(self.project, user.name), message)
+
+    def _guard(self, action: Any) -> Any:
+        try:
+            return action()
+        except LabelError as err:
+            raise gr.Error(str(err), print_exception=False) from None
+
+    def load(self, request: gr.Request) -> list[Any]:
+        user = self._who(request)
+        role = "admin" if user.is_admin else "annotator"
+        return [*self._current(user), f"Logged in as **{user.name}** ({role}) · project **{self.project}**",
+                gr.update(visible=user.is_admin)]
+
+    def current(self, request: gr.Request) -> list[Any]:
+        return self._current(self._who(request))
+
+    def vote(self, item: str, choice: str, flags: list[str] | None, scores: str, request: gr.Request) -> list[Any]:
+        user = self._who(request)
+        choice = BUTTON_CHOICE.get(choice, choice)
+        if choice not in PAIR_CHOICES:
+            raise gr.Error(f"choice must be one of {', '.join(PAIR_CHOICES)}, got {choice!r}", print_exception=False)
+
+        def act() -> dict[str, Any]:
+            vote = parse_vote(item=item, choice=choice, flags=flags or [], scores=_scores(scores, self.slots))
+            return self.store.submit(self.project, user.name, vote)
+
+        saved = self._guard(act)
+        return self._current(user, f"Saved item `{saved['item']}`: {PAIR_BUTTONS[choice]}.")
+
+    def rank(self, request: gr.Request, item: str, flags: list[str] | None, scores: str, *ranks: Any) -> list[Any]:
+        user = self._who(request)
+
+        def act() -> dict[str, Any]:
+            values = [int(r) for r in ranks if r not in (None, "")]  # hidden slots hold no rank
+            vote = parse_vote(item=item, ranks=values, flags=flags or [], scores=_scores(scores, self.slots))
+            return self.store.submit(self.project, user.name, vote)
+
+        saved = self._guard(act)
+        return self._current(user, f"Saved ranking of item `{saved['item']}`.")
+
+    def skip(self, item: str, reason: str | None, flags: list[str] | None, request: gr.Request) -> list[Any]:
+        user = self._who(request)
+        if not reason:
+            raise gr.Error("Choose a reason to skip.", print_exception=False)
+        saved = self._guard(lambda: self.store.submit(
+            self.project, user.name, parse_vote(item=item, skip_reason=reason, flags=flags or [])))
+        return self._current(user, f"Skipped item `{saved['item']}` ({reason}).")
+
+    def previous(self, item: str, request: gr.Request) -> list[Any]:
+        user = self._who(request)
+        task = self._guard(lambda: self.store.previous_task(self.project, user.name, item or None))
+        if task is None:
+            raise gr.Error("No earlier label of yours to revise.", print_exception=False)
+        return self._show(user, task)
+
+    def open_item(self, item: str, request: gr.Request) -> list[Any]:
+        user = self._who(request)
+        return self._show(user, self._guard(lambda: self.store.own_task(self.project, user.name, item.strip())))
+
+    def draft(self, request: gr.Request, item: str, flags: list[str] | None, scores: str, *ranks: Any) -> None:
+        user = self._who(request)
+        if not item:
+            return
+        values = [None if r in (None, "") else int(r) for r in ranks]
+        self._guard(lambda: self.store.save_draft(
+            self.project, user.name, item, {"flags": flags or [], "ranks": values, "scores": _scores(scores, self.slots)}))
+
+    def my_labels(self, request: gr.Request) -> list[list[Any]]:
+        user = self._who(request)
+        return [
+            [row["item"], row["status"], row["choice"] or "", json.dumps(row["ranks_shown"]), ", ".join(row["flags"]),
+             row["skip_reason"] or "", row["revision"], _when(row["updated_at"])]
+            for row in self.store.my_labels(self.project, user.name)
+        ]
+
+    def admin_refresh(self, request: gr.Request) -> tuple[list[list[Any]], str]:
+        self._admin(request)
+        people = [
+            [p["annotator"], p["done"], p["skipped"], p["flagged"], p["revised"], _when(p["last_activity"])]
+            for p in self.store.annotator_progress(self.project)
+        ]
+        return people, format_summary(self.store.item_counts(self.project), project_agreement(
+            self.store.label_records(self.project)), self.config.labels_per_item)
+
+    def admin_export(self, kind: str, ties: str, aggregate: str, min_labels: float, min_agreement: float,
+                     fmt: str, request: gr.Request) -> tuple[str, str]:
+        admin = self._admin(request)
+        opts = self._guard(lambda: ExportOptions(kind=kind, ties=ties, aggregate=aggregate,  # type: ignore[arg-type]
+                                                 min_labels=int(min_labels), min_agreement=float(min_agreement)))
+        out = Path(tempfile.mkdtemp(prefix="align-export-")) / f"{self.project}-{kind}.{fmt}"
+        stats = self._guard(lambda: export_project(self.store, self.project, out, opts, fmt))
+        logger.info("%s exported %s", admin.name, stats)
+        return str(out), f"Exported {stats['rows']} rows; left out: {stats['left_out'] or 'nothing'}"
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(timestamp)) if timestamp else ""
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def build_app(store: LabelStore, project: str) -> gr.Blocks:
+    slots = store.max_responses(project)
+    h = Handlers(store, project, slots)
+    cfg = h.config
+    with gr.Blocks(title=f"align labeling: {project}") as demo:
+        with gr.Row():
+            who = gr.Markdown()
+            gr.Button("Log out", link="/logout", size="sm", scale=0)
+        with gr.Tab("Label"):
+            with gr.Accordion("Guidelines", open=False):
+                gr.Markdown(cfg.guidelines)
+            progress = gr.Markdown(elem_id="progress")
+            item_ref = gr.Textbox(visible=False, label="item")
+            scores_json = gr.Textbox(visible=False, label="scores")
+            prompt = gr.Textbox(label="Prompt", interactive=False, lines=2, max_lines=20, elem_id="prompt")
+            columns, texts, rank_boxes, sliders = [], [], [], []
+            with gr.Row(equal_height=False):
+                for i in range(slots):
+                    with gr.Column(min_width=280) as column:
+                        columns.append(column)
+                        texts.append(gr.Textbox(label=f"Response {LETTERS[i]}", interactive=False, lines=4, max_lines=30,
+                                                elem_id=f"response-{LETTERS[i].lower()}"))
+                        rank_boxes.append(gr.Dropdown(choices=list(range(1, slots + 1)), label="Rank (1 = best)",
+                                                      value=None, elem_id=f"rank-{LETTERS[i].lower()}"))
+                        sliders.append(gr.Slider(cfg.score.minimum, cfg.score.maximum, step=cfg.score.step,
+                                                 label="Score", info="no score until you move it",
+                                                 visible=cfg.score.enabled))
+            with gr.Row() as pair_row:
+                buttons = {c: gr.Button(BUTTON_LABELS[c], elem_id=f"vote-{c.replace('_', '-')}",
+                                        variant="primary" if c in ("a", "b") else "secondary") for c in PAIR_CHOICES}
+            submit_rank = gr.Button("Submit ranking", variant="primary", visible=False, elem_id="submit-ranking")
+            flags = gr.CheckboxGroup(cfg.flags, label="Flags", elem_id="flags")
+            with gr.Row():
+                skip_reason = gr.Dropdown(cfg.skip_reasons, label="Skip reason", value=None, scale=2)
+                skip_button = gr.Button("Skip", elem_id="skip")
+                previous_button = gr.Button("Previous (revise)", elem_id="previous")
+                current_button = gr.Button("Back to current item", elem_id="current")
+            message = gr.Markdown(elem_id="message")
+        with gr.Tab("My labels"):
+            mine = gr.Dataframe(headers=["item", "status", "choice", "ranks (as shown)", "flags", "skip reason",
+                                         "revision", "updated"], interactive=False)
+            with gr.Row():
+                refresh_mine = gr.Button("Refresh")
+                open_id = gr.Textbox(label="Item id", scale=2)
+                open_button = gr.Button("Open to revise")
+        with gr.Tab("Admin", visible=False) as admin_tab:
+            people = gr.Dataframe(headers=["annotator", "done", "skipped", "flagged", "revised", "last activity"],
+                                  interactive=False)
+            summary = gr.Markdown()
+            refresh_admin = gr.Button("Refresh progress and agreement")
+            with gr.Row():
+                kind = gr.Radio(["preference", "ranking", "rating"], value="preference", label="Export kind")
+                ties = gr.Radio(["drop", "keep"], value="drop", label="Ties")
+                aggregate = gr.Radio(["none", "majority"], value="none", label="Aggregate")
+            with gr.Row():
+                min_labels = gr.Number(1, precision=0, minimum=1, label="Min labels per item")
+                min_agreement = gr.Slider(0, 1, value=0, step=0.05, label="Min agreement")
+                fmt = gr.Radio(["jsonl", "json", "parquet"], value="jsonl", label="Format")
+            export_button = gr.Button("Export")
+            export_file = gr.File(label="Exported file")
+            export_note = gr.Markdown()
+
+        outputs = [item_ref, progress, prompt, pair_row, submit_rank, flags, skip_reason, message, scores_json]
+        for i in range(slots):
+            outputs += [columns[i], texts[i], rank_boxes[i], sliders[i]]
+
+        demo.load(h.load, None, [*outputs, who, admin_tab], api_name="load")
+        for choice, button in buttons.items():
+            # One handler for the four buttons: the button's own label is the choice.
+            button.click(h.vote, [item_ref, button, flags, scores_json], outputs,
+                         api_name="vote" if choice == "a" else None,
+                         api_visibility="public" if choice == "a" else "undocumented")
+        submit_rank.click(h.rank, [item_ref, flags, scores_json, *rank_boxes], outputs, api_name="rank")
+        skip_button.click(h.skip, [item_ref, skip_reason, flags], outputs, api_name="skip")
+        previous_button.click(h.previous, [item_ref], outputs, api_name="previous")
+        current_button.click(h.current, None, outputs, api_name="current")
+        open_button.click(h.open_item, [open_id], outputs, api_name="open_item")
+        refresh_mine.click(h.my_labels, None, mine, api_name="my_labels")
+        draft_inputs = [item_ref, flags, scores_json, *rank_boxes]
+        gr.on([flags.input, *[box.input for box in rank_boxes]], h.draft, draft_inputs, None,
+              api_name="draft", trigger_mode="always_last", show_progress="hidden")
+        for i, slider in enumerate(sliders):
+            # The browser records which sliders were moved (an untouched one is no score, null), then saves the draft.
+            slider.release(None, [slider, scores_json], scores_json, queue=False, api_visibility="private",
+                           js=f"(v, s) => {{ let a = []; try {{ a = JSON.parse(s) || []; }} catch (e) {{}} "
+                              f"while (a.length < {i + 1}) a.push(null); a[{i}] = v; return JSON.stringify(a); }}",
+                           ).then(h.draft, draft_inputs, None, api_visibility="private", show_progress="hidden")
+        refresh_admin.click(h.admin_refresh, None, [people, summary], api_name="admin_refresh")
+        export_button.click(h.admin_export, [kind, ties, aggregate, min_labels, min_agreement, fmt],
+                            [export_file, export_note], api_name="admin_export")
+    return demo
+
+
+def serve(db: str, project: str, *, host: str = "127.0.0.1", port: int | None = 7860, block: bool = True,
+          concurrency: int = 8, quiet: bool = False) -> gr.Blocks:
+    """Start the app for ``project``; with ``block=False`` return the running Blocks (``demo.close()`` stops it)."""
+    store = LabelStore(db)
+    config = store.project_config(project)  # unknown project: refused before anything starts
+    demo = build_app(store, project)
+    demo.queue(default_concurrency_limit=concurrency)
+
+    @asynccontextmanager
+    async def keep_logins(app: Any) -> AsyncIterator[None]:
+        _keep_logins(app, store, config.session_hours)  # at startup, before the first request is accepted
+        yield
+
+    demo.launch(
+        auth=store.authenticate,
+        auth_message=f"align labeling · project {project}: log in with the name and password your admin gave you.",
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=True,
+        quiet=quiet,
+        ssr_mode=False,
+        show_error=True,
+        head=SHORTCUT_SCRIPT,
+        app_kwargs={"lifespan": keep_logins},
+    )
+    logger.info("labeling project '%s' at %s (database %s)", project, demo.local_url, store.url)
+    if block:
+        demo.block_thread()
+    return demo
+
+
+def _keep_logins(app: Any, store: LabelStore, hours: float) -> None:
+    """Back Gradio's in-memory login tokens with the database, under a cookie name that outlives the process."""
+    if not hasattr(app, "tokens") or not hasattr(app, "cookie_id"):
+        logger.warning("this Gradio version keeps logins in memory only: a restart logs annotators out (no labels are lost)")
+        return
+    app.cookie_id = store.setting("cookie_id", new_token)
+    app.tokens = StoredLogins(store, hours)

@@ -1,0 +1,187 @@
+"""What crosses a boundary, kept apart from the database tables: project config, candidate rows, votes.
+
+A project's config is YAML-able and strict like a recipe (an unknown key names the closest
+valid one). A candidate row is one line of ``align generate``'s output. A vote is what a
+callback hands the store, in the order the annotator saw the responses; the store maps it back
+to the stored order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from align.config import Section
+from align.data import DataError, validate_row
+from align.data.records import describe
+
+PairChoice = Literal["a", "b", "tie", "both_bad"]
+PAIR_CHOICES: tuple[str, ...] = ("a", "b", "tie", "both_bad")
+
+DEFAULT_GUIDELINES = """\
+Read the prompt, then every response in full.
+
+- **Better** means more helpful, more correct and safer, in that order.
+- **Tie**: both are about equally good. **Both bad**: neither is acceptable.
+- With more than two responses, give each a rank (1 is best); equal numbers are ties.
+- Flag a response that is unsafe or nonsense; skip an item you cannot judge, with a reason.
+- Keyboard: `1` A better, `2` B better, `3` tie, `4` both bad.
+"""
+
+
+class ScoreSettings(Section):
+    enabled: bool = Field(False, description="Show a score slider under each response.")
+    minimum: float = Field(1.0, description="Lowest score.")
+    maximum: float = Field(7.0, description="Highest score.")
+    step: float = Field(0.1, gt=0, description="Slider step.")
+    required: bool = Field(False, description="A vote needs a score for every response.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ScoreSettings:
+        if self.minimum >= self.maximum:
+            raise ValueError(f"score.minimum={self.minimum} must be below score.maximum={self.maximum}")
+        return self
+
+
+class ProjectConfig(Section):
+    labels_per_item: int = Field(3, gt=0, description="K: labels each item needs, from K distinct annotators.")
+    lease_seconds: int = Field(
+        1800, gt=0, description="An item handed to an annotator is held for them this long before others may take it."
+    )
+    guidelines: str = Field(DEFAULT_GUIDELINES, description="Markdown shown in the guidelines panel.")
+    shuffle: bool = Field(True, description="Show responses in an order drawn per item and annotator.")
+    score: ScoreSettings = Field(default_factory=ScoreSettings)
+    flags: list[str] = Field(default_factory=lambda: ["unsafe", "nonsense"], description="Flags an annotator may set.")
+    skip_reasons: list[str] = Field(
+        default_factory=lambda: ["cannot judge", "prompt unclear", "responses too long", "other"],
+        min_length=1,
+        description="Reasons offered when skipping an item.",
+    )
+    session_hours: float = Field(12.0, gt=0, description="A login stays valid this long, across server restarts.")
+
+
+# --------------------------------------------------------------------------- candidates
+
+
+def parse_candidate(row: Any, where: str) -> dict[str, Any]:
+    """One candidates-file row -> ``{key, prompt, responses: [{text, model}], meta}``; DataError names the field.
+
+    A response is ``{"text": ..., "model": ...}`` or a bare string (model unknown). Keys other than
+    id, prompt and responses are kept in ``meta``, and so are a response's keys other than text and model.
+    """
+    if not isinstance(row, dict):
+        raise DataError(where, f"expected an object (one candidate item), got {describe(row)}")
+    if "id" not in row:
+        raise DataError(where, f"missing (row has: {', '.join(sorted(row)) or 'nothing'})", "id")
+    key = row["id"]
+    if isinstance(key, bool) or not isinstance(key, (str, int)) or not str(key).strip():
+        raise DataError(where, f"expected a non-empty string or integer, got {describe(key)}", "id")
+    prompt = validate_row("prompt", row, where)["prompt"]
+    responses = row.get("responses")
+    if not isinstance(responses, list) or not responses:
+        raise DataError(where, f"expected a list of responses {{text, model}}, got {describe(responses)}", "responses")
+    parsed = []
+    for i, resp in enumerate(responses):
+        if isinstance(resp, str):
+            resp = {"text": resp}
+        if not isinstance(resp, dict):
+            raise DataError(where, f"expected {{text, model}} or a string, got {describe(resp)}", f"responses[{i}]")
+        text, model = resp.get("text"), resp.get("model")
+        if not isinstance(text, str):
+            raise DataError(where, f"expected a string, got {describe(text)}", f"responses[{i}].text")
+        if model is not None and not isinstance(model, str):
+            raise DataError(where, f"expected a string or null, got {describe(model)}", f"responses[{i}].model")
+        extra = {k: v for k, v in resp.items() if k not in ("text", "model")}
+        parsed.append({"text": text, "model": model, **({"meta": extra} if extra else {})})
+    meta = {k: v for k, v in row.items() if k not in ("id", "prompt", "responses")}
+    return {"key": str(key), "prompt": prompt, "responses": parsed, "meta": meta}
+
+
+def labelable_responses(responses: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int, int]:
+    """Drop empty texts and merge identical ones (models joined by '+'): (kept, n_empty, n_merged).
+
+    An empty response cannot be a dataset-layer completion, and two identical texts cannot get
+    different ranks, so neither is worth an annotator's time.
+    """
+    kept: list[dict[str, Any]] = []
+    by_text: dict[str, dict[str, Any]] = {}
+    n_empty = n_merged = 0
+    for resp in responses:
+        if not resp["text"].strip():
+            n_empty += 1
+            continue
+        same = by_text.get(resp["text"])
+        if same is not None:
+            n_merged += 1
+            models = (same["model"] or "?").split("+")
+            if (resp["model"] or "?") not in models:
+                same["model"] = "+".join(models + [resp["model"] or "?"])
+            continue
+        copy = dict(resp)
+        by_text[resp["text"]] = copy
+        kept.append(copy)
+    return kept, n_empty, n_merged
+
+
+# --------------------------------------------------------------------------- votes
+
+
+class Vote(Section):
+    """One annotator action on one item, in the order the responses were shown.
+
+    Exactly one of ``choice`` (two responses), ``ranks`` (rank per shown response, 1 best,
+    equal numbers tie) or ``skip_reason`` is set.
+    """
+
+    item: str = Field(..., min_length=1, description="Item id (the candidates file's id).")
+    choice: PairChoice | None = None
+    ranks: list[int] | None = None
+    scores: list[float | None] | None = Field(None, description="Score per shown response, or None where not given.")
+    flags: list[str] = Field(default_factory=list)
+    skip_reason: str | None = None
+
+    @model_validator(mode="after")
+    def _one_action(self) -> Vote:
+        given = [name for name in ("choice", "ranks", "skip_reason") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a vote needs exactly one of choice, ranks or skip_reason; got {given or 'none'}")
+        return self
+
+    @property
+    def status(self) -> str:
+        return "skipped" if self.skip_reason is not None else "done"
+
+    def check(self, n_responses: int, config: ProjectConfig) -> None:
+        """Raise ValueError if this vote does not fit an item of ``n_responses`` under ``config``."""
+        if self.choice is not None and n_responses != 2:
+            raise ValueError(f"a pairwise choice needs 2 responses; item {self.item} has {n_responses}: rank them")
+        if self.ranks is not None:
+            if len(self.ranks) != n_responses:
+                raise ValueError(
+                    f"{len(self.ranks)} rank(s) given, item {self.item} has {n_responses} responses: rank every response"
+                )
+            bad = [r for r in self.ranks if not 1 <= r <= n_responses]
+            if bad:
+                raise ValueError(f"ranks must lie in 1..{n_responses}, got {bad}")
+        if self.skip_reason is not None and not self.skip_reason.strip():
+            raise ValueError("a skip needs a reason")
+        unknown = sorted(set(self.flags) - set(config.flags))
+        if unknown:
+            raise ValueError(f"unknown flag(s) {unknown}; this project's flags: {config.flags}")
+        if self.scores is not None:
+            if len(self.scores) != n_responses:
+                raise ValueError(f"scores has {len(self.scores)} entries, item {self.item} has {n_responses} responses")
+            lo, hi = config.score.minimum, config.score.maximum
+            bad_scores = [s for s in self.scores if s is not None and not lo <= s <= hi]
+            if bad_scores:
+                raise ValueError(f"scores must lie in [{lo}, {hi}], got {bad_scores}")
+        wants_all = config.score.enabled and config.score.required and self.status == "done"
+        if wants_all and (self.scores is None or any(s is None for s in self.scores)):
+            raise ValueError("this project requires a score for every response")
+
+
+def dense_ranks(values: list[float]) -> list[int]:
+    """Rank 1 for the smallest value, equal values share a rank, no gaps: [2.5, 1, 2.5] -> [2, 1, 2]."""
+    order = {v: i + 1 for i, v in enumerate(sorted(set(values)))}
+    return [order[v] for v in values]

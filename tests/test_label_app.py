@@ -1,0 +1,301 @@
+"""The Gradio app driven through gradio_client (and once through headless Chromium), checked in the database."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+gr = pytest.importorskip("gradio", reason="the ui extra is not installed (pip install -e '.[ui]')")
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+from labeling_ui.app import serve
+from labeling_ui.schemas import ProjectConfig, parse_candidate
+from labeling_ui.store import LabelStore
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+# Positions in a labeling endpoint's result (gradio_client leaves out layout blocks and buttons).
+ITEM, PROGRESS, PROMPT, FLAGS, SKIP_REASON, MESSAGE, SCORES = range(7)
+FIRST_TEXT = 7  # then (text, rank, slider) per response slot
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_project(url: str, n_items: int = 12, k: int = 2, project: str = "demo") -> LabelStore:
+    store = LabelStore(url)
+    store.create_project(project, ProjectConfig(labels_per_item=k, score={"enabled": True, "minimum": 0, "maximum": 10}))
+    rows = []
+    for i in range(n_items):
+        n = 3 if i % 4 == 3 else 2
+        raw = {"id": f"q{i:02d}", "prompt": f"Question {i}?",
+               "responses": [{"text": f"Answer {i}-{j}", "model": f"model-{j}"} for j in range(n)]}
+        rows.append((f"c.jsonl:{i + 1}", parse_candidate(raw, f"c.jsonl:{i + 1}")))
+    store.import_items(project, rows)
+    for name in ("ann1", "ann2", "ann3", "ann4", "browser"):
+        store.add_user(name, "annotator", f"{name}-password")
+    store.add_user("boss", "admin", "boss-password")
+    return store
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory):
+    url = f"sqlite:///{tmp_path_factory.mktemp('app') / 'labels.db'}"
+    store = make_project(url)
+    demo = serve(url, "demo", port=free_port(), block=False, quiet=True)
+    yield {"url": demo.local_url, "store": store}
+    demo.close()
+
+
+def login(app: dict, name: str) -> Client:
+    return Client(app["url"], auth=(name, f"{name}-password"), verbose=False, download_files=False)
+
+
+def labels_of(store: LabelStore, name: str) -> dict[str, dict]:
+    return {rec["item"]: rec for rec in store.label_records("demo") if rec["annotator"] == name}
+
+
+def pairwise(client: Client, first: tuple) -> tuple:
+    """Vote 'a' until the shown item has 2 responses (the test items alternate sizes)."""
+    result = first
+    while result[FIRST_TEXT + 3 * 2]["value"]:  # a third response is shown: rank it instead
+        result = client.predict(result[ITEM], [], "null", 1, 2, 3, api_name="/rank")
+    return result
+
+
+# --------------------------------------------------------------------------- login
+
+
+def test_login_is_required_and_checked(app: dict) -> None:
+    with pytest.raises(Exception, match="credentials were not provided"):
+        Client(app["url"], verbose=False).predict(api_name="/load")
+    with pytest.raises(Exception, match="Could not login"):
+        Client(app["url"], auth=("ann1", "wrong-password"), verbose=False)
+    with pytest.raises(Exception, match="Could not login"):
+        Client(app["url"], auth=("nobody", "ann1-password"), verbose=False)
+
+
+# --------------------------------------------------------------------------- labeling
+
+
+def test_vote_is_written_for_the_logged_in_annotator(app: dict) -> None:
+    client = login(app, "ann1")
+    shown = pairwise(client, client.predict(api_name="/load"))
+    item = shown[ITEM]
+    assert "of 12 items" in shown[PROGRESS]
+    texts = [shown[FIRST_TEXT]["value"], shown[FIRST_TEXT + 3]["value"]]
+    after = client.predict(item, "B is better", ["nonsense"], json.dumps([None, 7.5]), api_name="/vote")
+    assert f"Saved item `{item}`" in after[MESSAGE] and after[ITEM] != item
+    rec = labels_of(app["store"], "ann1")[item]
+    assert rec["choice"] == "b" and rec["flags"] == ["nonsense"]
+    shown_b = rec["order"][1]  # B was the second shown response: rank 1, score 7.5, in stored order
+    assert rec["ranks"][shown_b] == 1 and rec["scores"][shown_b] == 7.5 and rec["scores"][rec["order"][0]] is None
+    assert rec["responses"][shown_b]["text"] == texts[1]
+    assert "model-" not in json.dumps(shown)  # model names never reach the annotator
+
+
+def test_previous_revises_and_refresh_resumes(app: dict) -> None:
+    client = login(app, "ann2")
+    first = pairwise(client, client.predict(api_name="/load"))
+    second = pairwise(client, client.predict(first[ITEM], "a", [], "null", api_name="/vote"))
+    held = second[ITEM]
+    back = client.predict(held, api_name="/previous")
+    assert back[ITEM] == first[ITEM] and "Revising your label" in back[MESSAGE] and "A is better" in back[MESSAGE]
+    again = client.predict(back[ITEM], "tie", [], "null", api_name="/vote")
+    assert again[ITEM] == held  # after the revision, back to the held item
+    rec = labels_of(app["store"], "ann2")[first[ITEM]]
+    assert rec["choice"] == "tie" and rec["revision"] == 2
+    assert app["store"].count_labels("demo")["rows"] == app["store"].count_labels("demo")["distinct"]
+    # A draft click, then a "refresh" (a new session): same item, same click.
+    client.predict(held, ["unsafe"], "null", None, None, None, api_name="/draft")
+    reloaded = login(app, "ann2").predict(api_name="/load")
+    assert reloaded[ITEM] == held and reloaded[FLAGS]["value"] == ["unsafe"]
+    with pytest.raises(AppError, match="No earlier label"):
+        fresh = login(app, "ann4")
+        fresh.predict(fresh.predict(api_name="/load")[ITEM], api_name="/previous")
+
+
+def test_skip_needs_a_reason_and_ranking_needs_every_rank(app: dict) -> None:
+    client = login(app, "ann3")
+    shown = client.predict(api_name="/load")
+    with pytest.raises(AppError, match="Choose a reason to skip"):
+        client.predict(shown[ITEM], None, [], api_name="/skip")
+    after = client.predict(shown[ITEM], "cannot judge", ["unsafe"], api_name="/skip")
+    rec = labels_of(app["store"], "ann3")[shown[ITEM]]
+    assert rec["status"] == "skipped" and rec["skip_reason"] == "cannot judge" and rec["flags"] == ["unsafe"]
+    result = after
+    while not result[FIRST_TEXT + 6]["value"]:  # move on to a three-response item
+        result = client.predict(result[ITEM], "a", [], "null", api_name="/vote")
+    with pytest.raises(AppError, match="rank every response"):
+        client.predict(result[ITEM], [], "null", 1, None, 2, api_name="/rank")
+    client.predict(result[ITEM], [], "null", 2, 1, 2, api_name="/rank")
+    rec = labels_of(app["store"], "ann3")[result[ITEM]]
+    assert sorted(rec["ranks"]) == [1, 2, 2] and rec["choice"] == "ranked"
+
+
+def test_annotators_cannot_read_or_write_others_labels(app: dict) -> None:
+    owner = login(app, "ann1")
+    owner_items = list(labels_of(app["store"], "ann1"))
+    assert owner_items
+    intruder = login(app, "ann4")
+    with pytest.raises(AppError, match="annotators see only their own labels"):
+        intruder.predict(owner_items[0], api_name="/open_item")
+    with pytest.raises(AppError, match="is not assigned to 'ann4'"):
+        intruder.predict(owner_items[0], "a", [], "null", api_name="/vote")
+    with pytest.raises(AppError, match="admin only: 'ann4' is an annotator"):
+        intruder.predict(api_name="/admin_refresh")
+    with pytest.raises(AppError, match="admin only"):
+        intruder.predict("preference", "drop", "none", 1, 0, "jsonl", api_name="/admin_export")
+    mine = intruder.predict(api_name="/my_labels")
+    assert all(row[0] not in owner_items for row in mine["data"])
+    assert {row[0] for row in owner.predict(api_name="/my_labels")["data"]} == set(owner_items)
+
+
+def test_admin_sees_progress_and_exports(app: dict, tmp_path: Path) -> None:
+    from align.config import DataConfig
+    from align.data import load_records
+
+    admin = login(app, "boss")
+    people, summary = admin.predict(api_name="/admin_refresh")
+    assert {row[0] for row in people["data"]} >= {"ann1", "ann2", "ann3"}
+    assert "Krippendorff's alpha" in summary and "of 12" in summary
+    file, note = admin.predict("ranking", "keep", "none", 1, 0, "jsonl", api_name="/admin_export")
+    assert "Exported" in note
+    loaded = load_records(DataConfig(path=file["path"], kind="ranking"), "ranking")  # same machine: the server's path
+    assert len(loaded.train) >= 3
+
+
+# --------------------------------------------------------------------------- a killed server
+
+
+def _start_server(db: str, port: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "align.cli", "label", "serve", "--project", "demo", "--db", db, "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {proc.stderr.read()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("server did not start in 60 s")
+
+
+def test_sigkill_of_the_server_loses_nothing_and_logins_survive(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'labels.db'}"
+    store = make_project(db, n_items=400, k=1)
+    port = free_port()
+    server = _start_server(db, port)
+    client = Client(f"http://127.0.0.1:{port}/", auth=("ann1", "ann1-password"), verbose=False, download_files=False)
+    acked: list[str] = []
+    stop = threading.Event()
+
+    def annotate() -> None:
+        result = client.predict(api_name="/load")
+        while not stop.is_set():
+            item = result[ITEM]
+            try:
+                if result[FIRST_TEXT + 6]["value"]:
+                    result = client.predict(item, [], "null", 3, 2, 1, api_name="/rank")
+                else:
+                    result = client.predict(item, "b", [], "null", api_name="/vote")
+            except Exception:  # noqa: BLE001 - the server is gone
+                return
+            acked.append(item)  # the server answered: this label is acknowledged
+
+    worker = threading.Thread(target=annotate)
+    worker.start()
+    deadline = time.monotonic() + 60
+    while len(acked) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    server.send_signal(signal.SIGKILL)  # mid-stream: the client is voting as fast as it can
+    server.wait(timeout=30)
+    stop.set()
+    worker.join(timeout=30)
+    assert len(acked) >= 10
+    in_db = set(labels_of(store, "ann1"))
+    assert set(acked) <= in_db and len(in_db) <= len(acked) + 1
+    held = store.next_task("demo", "ann1").item  # what ann1 holds now (the item in flight, if any)
+
+    server = _start_server(db, port)
+    try:
+        # The same browser session (cookie) is still logged in, and is back on the held item.
+        again = client.predict(api_name="/load")
+        assert again[ITEM] == held
+        assert store.count_labels("demo") == {"rows": len(in_db), "distinct": len(in_db)}
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+
+
+# --------------------------------------------------------------------------- a real browser
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)")
+def test_browser_login_and_vote(app: dict) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run"],
+        )
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(30_000)
+            page.goto(app["url"])
+            page.get_by_label("username").fill("browser")
+            page.get_by_label("password").fill("browser-password")
+            page.get_by_role("button", name="Login").click()
+            page.locator("#progress").get_by_text("item").wait_for()
+            item = _to_pairwise(page)
+            page.locator("#vote-a").click()
+            page.locator("#message").get_by_text(f"Saved item {item}").wait_for()
+            rec = labels_of(app["store"], "browser")[item]
+            assert rec["choice"] == "a" and rec["status"] == "done"  # in the database, under the login's name
+            # The keyboard shortcut "2" is "B is better".
+            second = _to_pairwise(page)
+            page.locator("body").press("2")
+            page.locator("#message").get_by_text(f"Saved item {second}").wait_for()
+            assert labels_of(app["store"], "browser")[second]["choice"] == "b"
+        finally:
+            browser.close()
+
+
+def _shown_item(page) -> str:
+    text = page.locator("#progress").inner_text()
+    return text.rsplit("item", 1)[1].strip().strip("`").strip()
+
+
+def _to_pairwise(page) -> str:
+    """Rank three-response items in the browser until a two-response item is shown; its id."""
+    item = _shown_item(page)
+    while page.locator("#submit-ranking").is_visible():
+        for rank, letter in zip((1, 2, 3), "abc"):
+            box = page.locator(f"#rank-{letter} input")
+            box.click()
+            box.fill(str(rank))
+            box.press("Enter")
+        page.locator("#submit-ranking").click()
+        page.locator("#message").get_by_text(f"Saved ranking of item {item}").wait_for()
+        item = _shown_item(page)
+    return item

@@ -1,0 +1,157 @@
+"""Export: labels -> preference / ranking / rating rows that the dataset layer (and `align reward`) load unchanged."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from align.config import DataConfig
+from align.data import load_records
+from labeling_ui.errors import LabelError
+from labeling_ui.export import ExportOptions, build_rows, export_project, write_rows
+from labeling_ui.schemas import ProjectConfig, parse_candidate
+from labeling_ui.store import LabelStore, parse_vote
+
+# Shown order = stored order (shuffle off), so the votes below read in stored order.
+VOTES = {
+    "p1": [("u1", {"choice": "a", "scores": [8, 2]}), ("u2", {"choice": "a", "scores": [7, 3]}),
+           ("u3", {"choice": "b", "scores": [3, 6]})],
+    "p2": [("u1", {"choice": "tie"}), ("u2", {"choice": "tie"}), ("u3", {"choice": "both_bad"})],
+    "p3": [("u1", {"ranks": [1, 2, 3]}), ("u2", {"ranks": [1, 3, 2]}), ("u3", {"ranks": [1, 2, 3]})],
+    "p4": [("u1", {"choice": "a"}), ("u2", {"choice": "b"})],
+}
+RESPONSES = {"p1": ["good", "bad"], "p2": ["meh", "also meh"], "p3": ["best", "middle", "worst"], "p4": ["left", "right"]}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> LabelStore:
+    store = LabelStore(f"sqlite:///{tmp_path / 'labels.db'}")
+    store.create_project("exp", ProjectConfig(labels_per_item=3, shuffle=False, score={"enabled": True, "minimum": 0,
+                                                                                       "maximum": 10}))
+    rows = [(f"c:{i}", parse_candidate({"id": key, "prompt": f"prompt {key}",
+                                        "responses": [{"text": t, "model": f"m{j}"} for j, t in enumerate(texts)]}, f"c:{i}"))
+            for i, (key, texts) in enumerate(RESPONSES.items())]
+    store.import_items("exp", rows)
+    for name in ("u1", "u2", "u3"):
+        store.add_user(name, "annotator", f"{name}-password")
+    for name in ("u1", "u2", "u3"):
+        while (task := store.next_task("exp", name)) is not None:
+            vote = dict(VOTES[task.item]).get(name)
+            if vote is None:
+                store.submit("exp", name, parse_vote(item=task.item, skip_reason="other"))
+            else:
+                store.submit("exp", name, parse_vote(item=task.item, **vote))
+    return store
+
+
+def rows(store: LabelStore, **options) -> list[dict]:
+    return build_rows(store.label_records("exp"), ExportOptions(**options)).rows
+
+
+def test_preference_pairs_per_label_and_by_majority(store: LabelStore) -> None:
+    per_label = rows(store, kind="preference")
+    # p1: 3 pairs (one per label); p2: ties dropped, both-bad has no order; p3: 3 labels x 3 pairs; p4: 2.
+    assert len(per_label) == 3 + 0 + 9 + 2
+    p1 = [r for r in per_label if r["id"] == "p1"]
+    assert sorted((r["chosen"], r["rejected"], r["annotator"]) for r in p1) == [
+        ("bad", "good", "u3"), ("good", "bad", "u1"), ("good", "bad", "u2")]
+    assert all(r["margin"] == 1.0 and r["agreement"] == pytest.approx(2 / 3, abs=1e-4) for r in p1)
+    assert {(r["chosen_model"], r["rejected_model"]) for r in p1 if r["annotator"] == "u1"} == {("m0", "m1")}
+    assert len(rows(store, kind="preference", ties="keep")) == 14 + 2  # p2's two ties, margin 0
+    majority = rows(store, kind="preference", aggregate="majority")
+    # p1: good > bad; p2: majority tie (dropped); p3: mean ranks 1, 7/3, 8/3 -> 3 pairs; p4: 1-1, no majority.
+    assert sorted((r["id"], r["chosen"], r["rejected"]) for r in majority) == [
+        ("p1", "good", "bad"), ("p3", "best", "middle"), ("p3", "best", "worst"), ("p3", "middle", "worst")]
+    assert majority[0]["annotators"] == ["u1", "u2", "u3"]
+    kept = rows(store, kind="preference", aggregate="majority", ties="keep")
+    assert [(r["chosen"], r["margin"]) for r in kept if r["id"] == "p2"] == [("meh", 0.0)]
+
+
+def test_filters_by_agreement_and_label_count(store: LabelStore) -> None:
+    # Item agreement: p1 2/3, p2 2/3 (tie, tie, both bad), p3 8/9, p4 1/2: only p3 passes 0.7.
+    assert {r["id"] for r in rows(store, kind="preference", min_agreement=0.7)} == {"p3"}
+    assert {r["id"] for r in rows(store, kind="ranking", min_labels=3)} == {"p1", "p3"}
+    result = build_rows(store.label_records("exp"), ExportOptions(kind="ranking", min_labels=3, min_agreement=0.7))
+    assert result.stats["left_out"] == {"items_below_min_labels": 1, "items_below_min_agreement": 2}
+
+
+def test_rankings_and_ratings(store: LabelStore) -> None:
+    ranking = rows(store, kind="ranking")
+    # One ranking per label; p2's all-tied rankings dropped (ties=drop) and its both-bad vote has no ranks.
+    assert sorted(r["id"] for r in ranking) == ["p1"] * 3 + ["p3"] * 3 + ["p4"] * 2
+    assert len(rows(store, kind="ranking", ties="keep")) == 10
+    (p3,) = [r for r in rows(store, kind="ranking", aggregate="majority") if r["id"] == "p3"]
+    assert p3["responses"] == ["best", "middle", "worst"] and p3["ranks"] == [1, 2, 3]
+    assert p3["agreement"] == pytest.approx(8 / 9, abs=1e-4)
+    ratings = rows(store, kind="rating")
+    assert sorted((r["response"], r["score"], r["annotator"]) for r in ratings) == [
+        ("bad", 2.0, "u1"), ("bad", 3.0, "u2"), ("bad", 6.0, "u3"), ("good", 3.0, "u3"), ("good", 7.0, "u2"),
+        ("good", 8.0, "u1")]
+    means = {r["response"]: r["score"] for r in rows(store, kind="rating", aggregate="majority")}
+    assert means == {"good": pytest.approx(6.0), "bad": pytest.approx(11 / 3)}
+
+
+@pytest.mark.parametrize(("kind", "name"), [("preference", "p.jsonl"), ("ranking", "r_disk"), ("rating", "s.parquet")])
+def test_exports_load_through_the_dataset_layer_unchanged(store: LabelStore, tmp_path: Path, kind: str, name: str) -> None:
+    out = tmp_path / name
+    stats = export_project(store, "exp", out, ExportOptions(kind=kind))  # type: ignore[arg-type]
+    # dedup off: two annotators who agree give identical canonical rows, and each is a vote.
+    loaded = load_records(DataConfig(path=str(out), kind=kind, dedup=False), kind)  # type: ignore[arg-type]
+    expected = build_rows(store.label_records("exp"), ExportOptions(kind=kind)).rows  # type: ignore[arg-type]
+    assert stats["rows"] == len(expected)
+    canonical = {"preference": ("prompt", "chosen", "rejected", "margin"), "ranking": ("prompt", "responses", "ranks"),
+                 "rating": ("prompt", "response", "score")}[kind]
+    assert set(loaded.train.column_names) == set(canonical)  # annotator ids etc. dropped on load
+    assert loaded.train.to_list() == [{c: row[c] for c in canonical} for row in expected]
+    # With the default dedup=true, agreeing votes collapse into one row (aggregate=majority avoids the question).
+    deduped = load_records(DataConfig(path=str(out), kind=kind), kind)  # type: ignore[arg-type]
+    assert deduped.stats["duplicates_dropped"] == len(expected) - len(deduped.train)
+    assert deduped.stats["duplicates_dropped"] > 0 or kind == "rating"  # the ratings here all differ
+
+
+def test_chat_prompts_export_as_assistant_messages(tmp_path: Path) -> None:
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]
+    record = {"item": "c1", "prompt": prompt, "status": "done", "choice": "b", "ranks": [2, 1], "scores": None,
+              "annotator": "u", "flags": [], "responses": [{"text": "Hello.", "model": "m"}, {"text": "Hi!", "model": "n"}]}
+    result = build_rows([record], ExportOptions(kind="preference"))
+    out = write_rows(result.rows, "preference", tmp_path / "chat.jsonl")
+    row = load_records(DataConfig(path=str(out)), "preference").train[0]
+    assert row["prompt"] == prompt
+    assert row["chosen"] == [{"role": "assistant", "content": "Hi!"}]
+    assert row["rejected"] == [{"role": "assistant", "content": "Hello."}]
+
+
+def test_nothing_to_export_is_a_clear_error(store: LabelStore, tmp_path: Path) -> None:
+    with pytest.raises(LabelError, match="no preference rows to export .* loosen --min-labels"):
+        export_project(store, "exp", tmp_path / "x.jsonl", ExportOptions(kind="preference", min_labels=9))
+    with pytest.raises(LabelError, match="cannot tell the format from '.txt'"):
+        export_project(store, "exp", tmp_path / "x.txt", ExportOptions(kind="preference"))
+    with pytest.raises(LabelError, match="min_agreement=1.5"):
+        ExportOptions(kind="preference", min_agreement=1.5)
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_exports_train_align_reward(store: LabelStore, tiny_bert_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("reward_models.trainer", reason="the reward stage is not in this tree yet")
+    from align.config import RewardRecipe
+    from align.stages.reward import run
+
+    sources = []
+    for kind in ("preference", "ranking", "rating"):
+        out = tmp_path / f"{kind}.jsonl"
+        export_project(store, "exp", out, ExportOptions(kind=kind, ties="keep"))  # type: ignore[arg-type]
+        sources.append({"path": str(out), "kind": kind})
+    recipe = RewardRecipe.model_validate({
+        "model": {"name_or_path": str(tiny_bert_dir), "method": "full"},
+        "data": sources,
+        "training": {"output_dir": str(tmp_path / "rm"), "max_steps": 3, "per_device_batch_size": 4,
+                     "learning_rate": 1e-3, "max_length": 32, "logging_steps": 1, "save_steps": None, "report_to": "none"},
+        "reward": {"normalize_max_samples": 50},
+    })
+    result = run(recipe)
+    losses = [json.loads(line)["train/loss"] for line in (Path(result.output_dir) / "metrics.jsonl").read_text().splitlines()
+              if "train/loss" in json.loads(line)]
+    assert losses and all(math.isfinite(x) for x in losses)
