@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, spec in STAGES.items():
+        if not spec.cli:
+            continue
         sub = commands.add_parser(name, help=spec.help, description=spec.help)
         sub.add_argument("recipe", help="YAML recipe")
         sub.add_argument("overrides", nargs="*", help="key.sub=value")

@@ -616,3 +616,29 @@ class ExportRecipe(StageRecipe):
         if self.ollama.enabled and self.ollama.gguf not in self.gguf.types:
             raise ValueError(f"ollama.gguf='{self.ollama.gguf}' is not among gguf.types={self.gguf.types}")
         return self
+
+
+# --------------------------------------------------------------------------- auto-labeling (pipeline stage)
+
+
+class AutoLabelExport(Section):
+    ties: Literal["drop", "keep"] = Field("drop", description="Tied responses: dropped, or kept as margin-0 pairs.")
+    aggregate: Literal["none", "majority"] = Field(
+        "majority", description="'majority': one ranking per item by majority vote; 'none': every label's pairs."
+    )
+    min_agreement: float = Field(0.0, ge=0, le=1, description="Drop items whose annotators agree less than this.")
+
+
+class AutoLabelRecipe(StageRecipe):
+    """Import candidates into a labeling project, label them with simulated annotators, export preferences."""
+
+    stage: Literal["autolabel"] = "autolabel"
+    candidates: str = Field(..., description="Candidates JSONL written by `align generate`.")
+    project: str = Field("auto", description="Labeling project name in the store.")
+    db: str | None = Field(None, description="Store URL; default: SQLite labels.db in the run directory.")
+    judge: JudgeSettings = Field(..., description="Who labels: a reward-model dir or module:function.")
+    annotators: int = Field(3, gt=0, description="Simulated annotators judge-0..N-1; each item gets N labels.")
+    noise: float = Field(0.5, ge=0, description="Scale of each annotator's noise on the judge's scores.")
+    noise_kind: Literal["gaussian", "gumbel"] = Field("gaussian")
+    export: AutoLabelExport = Field(default_factory=AutoLabelExport)
+    training: OutputSettings = Field(default_factory=lambda: OutputSettings(output_dir="runs/autolabel"))

@@ -30,8 +30,9 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from align.config import DataConfig, GenerationSettings, ModelConfig, StageRecipe
+from align.config import DataConfig, GenerationSettings, ModelConfig, OutputSettings, StageRecipe
 from align.data import load_records, prompt_key, render_prompt
+from align.recipe import dump_recipe
 from align.stages import StageResult
 
 logger = logging.getLogger("align.generate")
@@ -51,7 +52,8 @@ class GenerateRecipe(StageRecipe):
     models: list[ModelConfig] = Field(..., min_length=1, description="Models to sample from; each is recorded by name_or_path.")
     data: DataConfig = Field(..., description="Prompts; any record kind with a prompt converts (default kind: prompt).")
     generation: CandidateSampling = Field(default_factory=CandidateSampling)
-    output: str = Field("runs/generate/candidates.jsonl", description="The candidates JSONL file to write.")
+    output: str | None = Field(None, description="Candidates JSONL to write; default: <training.output_dir>/candidates.jsonl.")
+    training: OutputSettings = Field(default_factory=lambda: OutputSettings(output_dir="runs/generate"))
 
     @model_validator(mode="before")
     @classmethod
@@ -161,12 +163,16 @@ def run(recipe: GenerateRecipe) -> StageResult:
             torch.cuda.empty_cache()
     meta = settings.model_dump(mode="json")
     rows = [{"id": i, "prompt": p, "responses": r, "generation": meta} for i, p, r in zip(ids, prompts, responses)]
-    out = _write_jsonl(rows, Path(recipe.output))
+    out = _write_jsonl(rows, Path(recipe.output or Path(recipe.training.output_dir) / "candidates.jsonl"))
     total = sum(stops.values())
     metrics = {"candidates": str(out), "prompts": len(rows), "responses": total,
                "generate/eos_fraction": stops["eos"] / max(total, 1)}
     logger.info("wrote %s: %s", out, metrics)
-    return StageResult(output_dir=out.parent, metrics=metrics)
+    result = StageResult(output_dir=Path(recipe.training.output_dir), metrics=metrics)
+    result.output_dir.mkdir(parents=True, exist_ok=True)
+    dump_recipe(recipe, result.output_dir / "recipe.yaml")
+    result.save()
+    return result
 
 
 def _unique_ids(prompts: list[Any]) -> list[str]:

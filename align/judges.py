@@ -16,6 +16,8 @@ PPO, GRPO, labeling's auto-judge and eval all load their judges here.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -62,6 +64,8 @@ def _reward_model_judge(path: Path, *, batch_size: int, normalize: bool, device:
 
 
 def _callable_judge(spec: str, module_name: str, attr: str) -> Judge:
+    if os.getcwd() not in sys.path:  # like `python -m`: a module in the working directory is found
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:

@@ -43,6 +43,7 @@ class StageSpec:
     schema: str  # "module:Class" of the recipe schema
     runner: str  # "module:function" taking the validated recipe
     help: str
+    cli: bool = True  # False: the command line has its own subcommand for it (flags, not a recipe)
 
     def load_schema(self) -> type:
         return _import(self.schema)
@@ -62,6 +63,14 @@ STAGES: dict[str, StageSpec] = {
         "align.config:DPORecipe",
         "align.stages.dpo:run",
         "direct preference optimisation (TRL DPOTrainer): sigmoid/IPO/hinge/robust/conservative(+SFT), padding-free",
+    ),
+    "generate": StageSpec(
+        "align.generate:GenerateRecipe", "align.generate:run", "sample N responses per prompt for labeling", cli=False
+    ),
+    "autolabel": StageSpec(
+        "align.config:AutoLabelRecipe",
+        "align.stages.autolabel:run",
+        "label candidates with a judge as simulated annotators, export preferences",
     ),
     "ppo": StageSpec(
         "align.config:PPORecipe", "align.stages.ppo:run", "PPO-RLHF: our own loop on accelerate, rewarded by a text judge"
