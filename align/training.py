@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from transformers import EarlyStoppingCallback, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from align.config import TrainingConfig
+from align.config import ModelConfig, TrainingConfig
 from align.distributed import route_cpu_deepspeed_to_gloo
 from align.recipe import dump_recipe
 
@@ -163,6 +163,23 @@ class MetricsJsonlCallback(TrainerCallback):
             self._last_time, self._last_step, self._last_tokens = now, state.global_step, tokens
         with self.path.open("a") as fh:
             fh.write(json.dumps(record, default=float) + "\n")
+
+
+def save_final_model(trainer: Any, model_cfg: ModelConfig, out: Path) -> None:
+    """Full weights at the run root; LoRA/QLoRA: ``adapter/`` plus the merged model at the root.
+
+    Either way the run root loads with ``from_pretrained``, so a later stage can start from it.
+    """
+    if model_cfg.method in ("lora", "qlora"):
+        trainer.save_model(str(out / "adapter"))
+        if trainer.is_world_process_zero():
+            from align.models import merge_adapter
+
+            merge_adapter(model_cfg, out / "adapter", out)
+    else:
+        trainer.save_model(str(out))
+    if trainer.is_world_process_zero():
+        trainer.processing_class.save_pretrained(str(out))
 
 
 def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:

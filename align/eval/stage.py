@@ -221,7 +221,11 @@ def _plots(recipe: EvalRecipe, out: Path, results: dict[str, Responses], metrics
     runs: list[RunCurves] = []
     wanted = [(p.label, p.run_dir or p.model.name_or_path, p.run_dir is not None) for p in recipe.policies]
     wanted += [(Path(path).name, path, True) for path in recipe.report.runs]
+    seen: set[Path] = set()
     for label, path, explicit in wanted:
+        if Path(path).resolve() in seen:  # a policy's run also named in report.runs is plotted once
+            continue
+        seen.add(Path(path).resolve())
         curves = run_curves(path, label) if Path(path).exists() else None
         if curves is None:
             if explicit:

@@ -16,7 +16,6 @@ scorer tokenises its own (prompt, response) pair instead, so it is always passed
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -99,7 +98,13 @@ def run(recipe: GRPORecipe) -> StageResult:
     from align.data import load_records
     from align.judges import load_judge
     from align.models import load_policy, partial_callbacks
-    from align.training import prepare_run_dir, resume_checkpoint, trainer_callbacks, write_model_card
+    from align.training import (
+        prepare_run_dir,
+        resume_checkpoint,
+        save_final_model,
+        trainer_callbacks,
+        write_model_card,
+    )
 
     out = prepare_run_dir(recipe, recipe.training.output_dir)
     data = load_records(recipe.data, default_kind="prompt", want="prompt")
@@ -127,24 +132,9 @@ def run(recipe: GRPORecipe) -> StageResult:
     if rewards:
         metrics["reward/mean"] = rewards[-1]["reward"]
 
-    _save_final_model(trainer, recipe, out)
+    save_final_model(trainer, recipe.model, out)
     result = StageResult(output_dir=out, metrics=metrics)
     if trainer.is_world_process_zero():
         write_model_card(out, recipe, metrics, title=f"{recipe.grpo.algorithm.upper()} of {recipe.model.name_or_path}")
         result.save()
     return result
-
-
-def _save_final_model(trainer: Any, recipe: GRPORecipe, out: Path) -> None:
-    """Full weights at the run root; LoRA: ``adapter/`` plus the merged model at the root."""
-    if recipe.model.method in ("lora", "qlora"):
-        trainer.save_model(str(out / "adapter"))
-        if trainer.is_world_process_zero():
-            from align.models import merge_adapter
-
-            merge_adapter(recipe.model, out / "adapter", out)
-    else:
-        trainer.save_model(str(out))
-    if trainer.is_world_process_zero():
-        trainer.processing_class.save_pretrained(str(out))
-

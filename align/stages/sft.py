@@ -10,20 +10,20 @@ or the peft soft-prompt adapter (prompt tuning, which cannot be merged).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from align.config import SFTRecipe
 from align.data import chat_to_prompt_completion, load_records, rows_to_dataset
-from align.models import load_policy, merge_adapter, partial_callbacks
+from align.models import load_policy, partial_callbacks
 from align.stages import StageResult
 from align.training import (
     hf_training_kwargs,
     prepare_run_dir,
     resume_checkpoint,
     trainer_callbacks,
+    save_final_model,
     write_model_card,
 )
 
@@ -62,7 +62,7 @@ def run(recipe: SFTRecipe) -> StageResult:
     if evaluation is not None:
         metrics.update({k.replace("eval_", "eval/"): v for k, v in trainer.evaluate().items()})
 
-    _save_final_model(trainer, recipe, out)
+    save_final_model(trainer, recipe.model, out)
     result = StageResult(output_dir=out, metrics=metrics)
     if trainer.is_world_process_zero():
         write_model_card(out, recipe, metrics, title=f"SFT of {recipe.model.name_or_path}")
@@ -78,16 +78,3 @@ def _marks_assistant_turns(tokenizer, dataset) -> bool:  # noqa: ANN001
 
 def _split_last_answer(dataset: Dataset | None) -> Dataset | None:
     return None if dataset is None else rows_to_dataset(chat_to_prompt_completion(dataset.to_list()), "sft")
-
-
-def _save_final_model(trainer: SFTTrainer, recipe: SFTRecipe, out: Path) -> None:
-    """Full weights at the run root; LoRA adapters in adapter/ and the merged model at the root."""
-    method = recipe.model.method
-    if method in ("lora", "qlora"):
-        trainer.save_model(str(out / "adapter"))
-        if trainer.is_world_process_zero():
-            merge_adapter(recipe.model, out / "adapter", out)
-    else:
-        trainer.save_model(str(out))
-    if trainer.is_world_process_zero():
-        trainer.processing_class.save_pretrained(str(out))

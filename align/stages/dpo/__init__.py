@@ -23,13 +23,14 @@ from typing import Any
 
 from align.config import DPORecipe
 from align.data import load_records
-from align.models import load_policy, load_reference, merge_adapter, partial_callbacks
+from align.models import load_policy, load_reference, partial_callbacks
 from align.stages import StageResult
 from align.training import (
     hf_training_kwargs,
     prepare_run_dir,
     resume_checkpoint,
     trainer_callbacks,
+    save_final_model,
     write_model_card,
 )
 
@@ -53,7 +54,7 @@ def run(recipe: DPORecipe) -> StageResult:
     if data.eval is not None:
         metrics.update({"eval/" + k[5:]: v for k, v in trainer.evaluate().items() if k.startswith("eval_")})
 
-    _save_final_model(trainer, recipe, out)
+    save_final_model(trainer, recipe.model, out)
     if recipe.eval.enabled:
         metrics.update(_evaluate(trainer, recipe, data.eval, out))
     result = StageResult(output_dir=out, metrics=metrics)
@@ -103,18 +104,6 @@ def _last_logged(trainer, keys: tuple[str, ...]) -> dict[str, float]:  # noqa: A
             if key in entry and f"dpo/{key}" not in found:
                 found[f"dpo/{key}"] = entry[key]
     return found
-
-
-def _save_final_model(trainer, recipe: DPORecipe, out: Path) -> None:  # noqa: ANN001
-    """Full weights at the run root; LoRA adapters in adapter/ and the merged model at the root."""
-    if recipe.model.method in ("lora", "qlora"):
-        trainer.save_model(str(out / "adapter"))
-        if trainer.is_world_process_zero():
-            merge_adapter(recipe.model, out / "adapter", out)
-    else:
-        trainer.save_model(str(out))
-    if trainer.is_world_process_zero():
-        trainer.processing_class.save_pretrained(str(out))
 
 
 def _evaluate(trainer, recipe: DPORecipe, eval_data, out: Path) -> dict[str, float]:  # noqa: ANN001
