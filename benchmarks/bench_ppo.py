@@ -1,15 +1,25 @@
-"""PPO iteration time (generation / scoring / training), samples/s and peak RSS on SmolLM2-135M.
+"""PPO iteration time (generation / scoring / training), samples/s and peak RSS on SmolLM2-135M, against TRL.
 
-    python benchmarks/bench_ppo.py                          # 3 iterations, value head and separate critic
-    python benchmarks/bench_ppo.py --iterations 5 --configs head --threads 2
+    python benchmarks/bench_ppo.py --peer-python /tmp/trl112-venv/bin/python   # 3 iterations: head, separate, TRL
+    python benchmarks/bench_ppo.py --iterations 5 --configs head --threads 2    # ours only
 
-Setting: 16 rollouts of up to 48 new tokens per iteration (the peer's setting: TRL 1.12's
-PPOTrainer, ~23 s/iteration, 0.70 samples/s, 11.4 GB on this kind of machine; not installed
-here), full fine-tuning in float32, 4 PPO epochs of one minibatch of 16 (micro-batch 4 x
-accumulation 4), temperature 0.7. The judge is a BERT-style reward model (MiniLM-L6 encoder,
-untrained head) through ``RewardScorer``, so scoring costs what a real one costs. Every
-configuration runs in its own subprocess, so ``ru_maxrss`` is its own peak. The first
-iteration is reported apart (warm-up); the mean is over the rest.
+Setting: 16 rollouts of up to 48 new tokens per iteration, full fine-tuning in float32, 4 PPO
+epochs of one minibatch of 16 (micro-batch 4 x accumulation 4), temperature 0.7. The judge is a
+BERT-style reward model (MiniLM-L6 encoder, untrained head) through ``RewardScorer``, so scoring
+costs what a real one costs. Every configuration runs in its own subprocess, so ``ru_maxrss`` is
+its own peak, with ``--threads`` torch threads (default: the core count). The first iteration is
+reported apart (warm-up); the mean is over the rest.
+
+The peer, measured in the same run, is TRL 1.12.0's ``trl.experimental.ppo.PPOTrainer`` (the last
+TRL with PPO) in ``peer_trl_ppo.py``, which says how its setting matches this one. TRL 1.12 does
+not install beside this project's TRL, so it lives in its own venv, outside the repository:
+
+    python3 -m venv /tmp/trl112-venv
+    /tmp/trl112-venv/bin/pip install torch==2.13.0       # first, or pip pulls a CUDA build
+    /tmp/trl112-venv/bin/pip install trl==1.12.0         # brings transformers, accelerate, datasets
+
+Without ``--peer-python`` the peer is skipped with a note. The table gives each of ours as a ratio
+to the peer: time (< 1 is faster), samples/s (> 1 is faster) and peak RSS (< 1 is smaller).
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 MODEL = "smollm2-135m-instruct"
+PROMPTS = ROOT / "examples/data/prompts_demo.jsonl"
 CONFIGS = {"head": {"model": "head"}, "separate": {"model": "separate"}}
 
 
@@ -52,7 +63,7 @@ def one_config(name: str, iterations: int, threads: int, work: Path) -> dict:
         RewardModel.from_encoder(_minilm(), max_length=256).save_pretrained(reward_dir)
     recipe = validate(PPORecipe, {
         "model": {"name_or_path": MODEL, "method": "full"},
-        "data": {"path": str(ROOT / "examples/data/prompts_demo.jsonl"), "kind": "prompt"},
+        "data": {"path": str(PROMPTS), "kind": "prompt"},
         "reward": {"judge": str(reward_dir), "missing_eos_penalty": 1.0},
         "value": CONFIGS[name],
         "generation": {"max_new_tokens": 48, "temperature": 0.7, "batch_size": 16},
@@ -81,9 +92,13 @@ def one_config(name: str, iterations: int, threads: int, work: Path) -> dict:
 
 
 def _minilm() -> str:
+    return _resolve("minilm-l6")
+
+
+def _resolve(alias: str) -> str:
     from align.models import resolve_model_source
 
-    return resolve_model_source("minilm-l6")
+    return resolve_model_source(alias)
 
 
 def main() -> None:
@@ -91,24 +106,55 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--peer-python", help="python of a venv with trl==1.12.0 (see above); omitted: no peer")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child process: run one config, print JSON
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print("RESULT " + json.dumps(one_config(args.one, args.iterations, args.threads, Path(args.work))), flush=True)
         return
+    common = ["--iterations", str(args.iterations), "--threads", str(args.threads)]
+    results = []
     with tempfile.TemporaryDirectory() as work:
         for name in args.configs:
-            proc = subprocess.run(
-                [sys.executable, __file__, "--one", name, "--work", work, "--iterations", str(args.iterations),
-                 "--threads", str(args.threads)],
-                capture_output=True, text=True, check=False,
-            )
-            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-            if proc.returncode != 0 or not lines:
-                print(f"{name}: failed\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}", file=sys.stderr)
-                continue
-            print(json.dumps(json.loads(lines[-1].removeprefix("RESULT ")), indent=None), flush=True)
+            results.append(_child(name, [sys.executable, __file__, "--one", name, "--work", work, *common]))
+        if args.peer_python:
+            peer_cmd = [args.peer_python, str(Path(__file__).with_name("peer_trl_ppo.py")), "--model",
+                        _resolve(MODEL), "--prompts", str(PROMPTS), "--work", str(Path(work) / "trl"), *common]
+            peer = _child("trl-1.12", peer_cmd)
+        else:
+            peer = None
+            print("peer skipped: pass --peer-python DIR/bin/python, a venv with trl==1.12.0 (this file's docstring "
+                  "says how to make it)", file=sys.stderr)
+    _print_table([r for r in results if r], peer)
+
+
+def _child(name: str, cmd: list[str]) -> dict | None:
+    """Run one measurement in its own process; its last ``RESULT {json}`` line, or None if it failed."""
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        print(f"{name}: failed\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}", file=sys.stderr)
+        return None
+    result = json.loads(lines[-1].removeprefix("RESULT "))
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def _print_table(ours: list[dict], peer: dict | None) -> None:
+    """One row per run; ratios are ours / peer (blank without a peer)."""
+    head = ("run", "s/iter", "samples/s", "resp len", "RSS GB", "time ratio", "samples/s ratio", "RSS ratio")
+    print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for row in ours + ([peer] if peer else []):
+        cells = [row["config"], f"{row['time/iteration']:.2f}", f"{row['perf/samples_per_s']:.3f}",
+                 f"{row['ppo/response_length']:.1f}", f"{row['peak_rss_gb']:.2f}"]
+        if peer and row is not peer:
+            cells += [f"{row['time/iteration'] / peer['time/iteration']:.2f}",
+                      f"{row['perf/samples_per_s'] / peer['perf/samples_per_s']:.2f}",
+                      f"{row['peak_rss_gb'] / peer['peak_rss_gb']:.2f}"]
+        else:
+            cells += [""] * 3
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
