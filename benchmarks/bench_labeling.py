@@ -25,10 +25,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+from checkout import ROOT  # noqa: E402 - the checkout on sys.path, before align is imported
 
 ITEM, FIRST_TEXT = 0, 7  # positions in a labeling endpoint's result (see tests/test_label_app.py)
 

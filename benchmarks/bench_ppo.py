@@ -34,13 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("WANDB_MODE", "disabled")
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+from checkout import ROOT  # noqa: E402 - offline env and the checkout on sys.path, before align is imported
 
 MODEL = "smollm2-135m-instruct"
 PROMPTS = ROOT / "examples/data/prompts_demo.jsonl"

@@ -14,19 +14,12 @@ normalisation). Both read the same ~100-token pairs; ratio = ours / baseline.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import checkout  # noqa: E402, F401 - offline env and the checkout on sys.path, before align is imported
 
 import torch  # noqa: E402
 
