@@ -15,9 +15,11 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from align.recipe import RecipeError, load_recipe
-from align.stages import STAGES, StageResult
+from align.run import StageResult
+from align.stages import STAGES
 
 logger = logging.getLogger("align")
 
@@ -54,7 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", default="", help="comma-separated stage names to re-run even if finished")
     prepare = commands.add_parser("prepare-models", help="convert and cache the offline demo models")
     prepare.add_argument("names", nargs="*", default=["smollm2-135m-instruct", "minilm-l6"], help="model aliases")
-    from align.generate import add_generate_arguments
     from labeling_ui.commands import add_label_arguments
 
     generate = commands.add_parser("generate", help="sample N responses per prompt from one or more models for labeling")
@@ -67,10 +68,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+GENERATE_FLAGS = {
+    "prompts": "data.path",
+    "n": "generation.n",
+    "temperature": "generation.temperature",
+    "top_p": "generation.top_p",
+    "top_k": "generation.top_k",
+    "max_new_tokens": "generation.max_new_tokens",
+    "batch_size": "generation.batch_size",
+    "seed": "generation.seed",
+    "out": "output",
+}
+
+
+def add_generate_arguments(parser: Any) -> None:
+    parser.add_argument("recipe", nargs="?", default=None, help="YAML recipe (optional: flags alone are enough)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value")
+    parser.add_argument("--model", action="append", default=None, help="model to sample from (repeat for several)")
+    parser.add_argument("--prompts", help="prompt file, read with the dataset layer (kind prompt)")
+    parser.add_argument("--n", type=int, help="responses per prompt from each model")
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--top-p", dest="top_p", type=float)
+    parser.add_argument("--top-k", dest="top_k", type=int)
+    parser.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
+    parser.add_argument("--batch-size", dest="batch_size", type=int, help="prompts per generate call")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--out", help="candidates JSONL to write")
+
+
+def generate_recipe_from_args(args: Any) -> Any:
+    """``align generate``'s recipe: defaults < recipe < key=value overrides < flags."""
+    from align.config import GenerateRecipe
+    from align.recipe import apply_overrides, read_yaml, validate
+
+    overrides = list(args.overrides or [])
+    recipe_path = args.recipe
+    if recipe_path is not None and "=" in recipe_path and not Path(recipe_path).exists():
+        overrides.insert(0, recipe_path)  # `align generate key=value ...` without a recipe
+        recipe_path = None
+    data = apply_overrides(read_yaml(recipe_path) if recipe_path else {}, overrides)
+    for flag, key in GENERATE_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            data = _set(data, key, value)
+    if args.model:
+        data.pop("model", None)
+        data["models"] = [{"name_or_path": name} for name in args.model]
+    return validate(GenerateRecipe, data, source=recipe_path or "align generate")
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    node = data
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
+    return data
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "label" and args.label_command == "auto":  # a judge needs torch; logs like a stage
-        from align.training import setup_logging
+        from align.run import setup_logging
         from labeling_ui.auto import main as auto_main
 
         setup_logging(logging.DEBUG if args.verbose else logging.INFO)
@@ -79,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         from labeling_ui.commands import main as label_main
 
         return label_main(args)
-    from align.training import setup_logging
+    from align.run import setup_logging
 
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     from align.data import DataError
@@ -94,10 +153,9 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.names:
                 logger.info("%s -> %s", name, resolve_model_source(name))
         elif args.command == "generate":
-            from align.generate import recipe_from_args
-            from align.generate import run as run_generate
+            from align.stages.generate import run as run_generate
 
-            result = run_generate(recipe_from_args(args))
+            result = run_generate(generate_recipe_from_args(args))
             logger.info("done -> %s %s", result.metrics["candidates"], result.metrics)
         elif args.command == "run":
             force = {name for name in args.force.split(",") if name}

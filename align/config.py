@@ -11,7 +11,7 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 RecordKind = Literal["sft", "preference", "ranking", "rating", "prompt"]
 
@@ -89,8 +89,11 @@ class ModelConfig(Section):
 
 class DataConfig(Section):
     path: str = Field(..., description="JSONL/JSON/CSV/Parquet file, save_to_disk directory, or hub dataset id.")
-    format: Literal["auto", "jsonl", "json", "csv", "parquet", "disk", "hub"] = Field(
-        "auto", description="File format; 'auto' guesses from the extension or directory contents."
+    format: Literal["auto", "records", "hh-rlhf", "trl", "ultrafeedback", "shp"] = Field(
+        "auto", description="Dataset format (README's data table); 'auto' recognises it and logs what it found."
+    )
+    file_type: Literal["auto", "jsonl", "json", "csv", "parquet", "disk", "hub"] = Field(
+        "auto", description="How path is read; 'auto' guesses from the extension or directory contents."
     )
     kind: RecordKind | None = Field(None, description="Record kind in the file; default: the stage's own kind.")
     split: str = Field("train", description="Split to read from a hub or save_to_disk DatasetDict.")
@@ -106,6 +109,18 @@ class DataConfig(Section):
     tie_policy: Literal["drop", "keep"] = Field(
         "drop", description="Ranking/rating -> pairs: drop tied responses, or keep them (with margin 0)."
     )
+    aspect: str = Field(
+        "mean",
+        description="UltraFeedback: what scores a completion: 'mean' of its aspect ratings, one aspect "
+        "(helpfulness, honesty, instruction_following, truthfulness) or a numeric field (overall_score).",
+    )
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _file_type_is_not_format(cls, value: Any) -> Any:
+        if value in ("jsonl", "json", "csv", "parquet", "disk", "hub"):
+            raise ValueError(f"'{value}' is a file type: set data.file_type: {value} (data.format is the dataset format)")
+        return value
 
 
 # --------------------------------------------------------------------------- training
@@ -142,6 +157,14 @@ class TrainingConfig(Section):
     def effective_batch_size(self) -> int:
         """Sequences per optimizer step on one process (times world size under a launcher)."""
         return self.per_device_batch_size * self.gradient_accumulation_steps
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_or_epochs(cls, value: int) -> int:
+        # The trainer reads any value below 1 as "use num_epochs": only -1 says so on purpose.
+        if value < 1 and value != -1:
+            raise ValueError(f"{value} is not a number of steps: give a positive count, or -1 to train for num_epochs")
+        return value
 
     @model_validator(mode="after")
     def _eval_needs_schedule(self) -> "TrainingConfig":
@@ -507,6 +530,33 @@ class OutputSettings(Section):
 
     output_dir: str = Field("runs/out", description="Run directory: resolved recipe, outputs, stage_result.json.")
     seed: int = Field(42, description="Seed of every random draw; the same seed gives the same outputs.")
+
+
+class CandidateSampling(GenerationSettings):
+    n: int = Field(2, gt=0, description="Responses per prompt from each model.")
+    max_new_tokens: int = Field(128, gt=0)
+    batch_size: int = Field(8, gt=0, description="Prompts per generate call (each sampled n times).")
+    seed: int = Field(42, description="Seed of the sampling, set before each model.")
+
+
+class GenerateRecipe(StageRecipe):
+    """``align generate``: candidates for labeling. ``model:`` (one) is accepted for ``models:``."""
+
+    stage: Literal["generate"] = "generate"
+    models: list[ModelConfig] = Field(..., min_length=1, description="Models to sample from; each is recorded by name_or_path.")
+    data: DataConfig = Field(..., description="Prompts; any record kind with a prompt converts (default kind: prompt).")
+    generation: CandidateSampling = Field(default_factory=CandidateSampling)
+    output: str | None = Field(None, description="Candidates JSONL to write; default: <training.output_dir>/candidates.jsonl.")
+    training: OutputSettings = Field(default_factory=lambda: OutputSettings(output_dir="runs/generate"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_model(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "model" in values:
+            if "models" in values:
+                raise ValueError("give either 'model' or 'models', not both")
+            values = {k: v for k, v in values.items() if k != "model"} | {"models": [values["model"]]}
+        return values
 
 
 class EvalPolicy(Section):

@@ -1,6 +1,11 @@
-"""Judge spec -> scorer: the one place that turns a recipe's ``reward.judge`` into a function.
+"""Judges: the one place that turns a recipe's ``reward.judge`` into scores.
 
     python -c "from align.judges import load_judge; print(load_judge('runs/reward')(['Hi'], ['Hello!']))"
+
+``score(judge, prompts, responses, finished, settings)`` is the one judge call of PPO, GRPO,
+eval and the simulated annotators: prompts and responses rendered as plain text
+(``align.data.chat``), scored, then ``settings.missing_eos_penalty`` subtracted from the
+responses that did not finish and the result clipped to ``[-clip, clip]``.
 
 A judge takes ``(prompts: list[str], responses: list[str])`` and returns a float32 tensor of
 shape (N,) on CPU. A spec is either
@@ -18,16 +23,51 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+
+from align.config import JudgeSettings
+from align.data.chat import prompt_text, response_text
 
 Judge = Callable[[list[str], list[str]], torch.Tensor]
 
 
 class JudgeError(ValueError):
     """A judge spec that names neither a reward-model directory nor an importable callable."""
+
+
+@dataclass
+class Scores:
+    """A judge's scores of N responses, (N,) float32 on CPU each: as returned, and after penalty and clip."""
+
+    raw: torch.Tensor
+    final: torch.Tensor
+
+
+def score(judge: Judge, prompts: Sequence[Any], responses: Sequence[Any], finished: Any = None,
+          settings: JudgeSettings | None = None) -> Scores:
+    """Score responses to prompts (strings or chat messages) as a recipe's ``reward`` section says.
+
+    ``finished`` (N bools, or None when every response finished) marks responses that ended with
+    EOS; the others lose ``settings.missing_eos_penalty``. Scores are then clipped to
+    ``[-settings.clip, settings.clip]`` when set. ``settings`` None: the raw scores.
+    """
+    raw = judge([prompt_text(p) for p in prompts], [response_text(r) for r in responses]).float().cpu().reshape(-1)
+    final = raw
+    if settings is not None and settings.missing_eos_penalty is not None and finished is not None:
+        unfinished = ~torch.as_tensor(finished, dtype=torch.bool).cpu().reshape(-1)
+        final = final - settings.missing_eos_penalty * unfinished.float()
+    if settings is not None and settings.clip is not None:
+        final = final.clamp(-settings.clip, settings.clip)
+    return Scores(raw=raw, final=final)
+
+
+def judge_for(settings: JudgeSettings, device: str | None = None) -> Judge:
+    """``load_judge`` with a recipe's ``reward`` section (batch size and normalisation apply to a reward model)."""
+    return load_judge(settings.judge, batch_size=settings.batch_size, normalize=settings.normalize, device=device)
 
 
 def load_judge(spec: str, *, batch_size: int = 32, normalize: bool = True, device: str | None = None) -> Judge:

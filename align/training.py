@@ -1,52 +1,26 @@
-"""Run-directory plumbing shared by every stage that trains with an HF ``Trainer``.
+"""What every stage that trains with an HF ``Trainer`` (SFT, DPO, GRPO, reward) shares.
 
-A run directory holds the resolved recipe, ``metrics.jsonl``, checkpoints, the final
-model, a model card and ``stage_result.json`` (see ``align.stages.StageResult``).
+Training arguments from a recipe, callbacks (``metrics.jsonl`` and the progress line, early
+stopping), training with resume, and the final save. The run directory itself is ``align.run``'s.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
 from transformers import EarlyStoppingCallback, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from align.config import ModelConfig, TrainingConfig
 from align.distributed import route_cpu_deepspeed_to_gloo
-from align.recipe import dump_recipe
+from align.run import METRICS_FILE, append_metrics, is_main_process, truncate_jsonl
 
 logger = logging.getLogger("align")
-
-def is_main_process() -> bool:
-    """Rank 0 under the deepspeed/accelerate launchers, or a plain single process."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    """Rank 0 logs at ``level``; other ranks only warnings, so a 2-GPU run prints one log."""
-    logging.basicConfig(
-        level=level if is_main_process() else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-
-
-def prepare_run_dir(recipe: BaseModel, output_dir: str | Path) -> Path:
-    """Create the run directory and save the resolved recipe; log it once."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if is_main_process():
-        dump_recipe(recipe, out / "recipe.yaml")
-        logger.info("run dir %s; resolved recipe saved to recipe.yaml", out)
-    return out
-
 
 def report_to(training: TrainingConfig) -> list[str]:
     """Resolve ``report_to``: wandb runs offline when no API key is set, so runs never need network."""
@@ -111,7 +85,7 @@ def resume_checkpoint(training: TrainingConfig) -> str | None:
 
 def trainer_callbacks(training: TrainingConfig, output_dir: Path) -> list[Any]:
     """Callbacks every HF-trainer stage uses: metrics.jsonl + progress line, and early stopping."""
-    callbacks: list[Any] = [MetricsJsonlCallback(output_dir / "metrics.jsonl")]
+    callbacks: list[Any] = [MetricsJsonlCallback(output_dir)]
     if training.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=training.early_stopping_patience))
     return callbacks
@@ -134,13 +108,23 @@ def namespace_metrics(logs: dict[str, Any]) -> dict[str, Any]:
 
 
 class MetricsJsonlCallback(TrainerCallback):
-    """Append every log to metrics.jsonl and print one progress line: step, loss, ms/step, tokens/s."""
+    """Append every log to metrics.jsonl and print one progress line: step, loss, ms/step, tokens/s.
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    A resumed run first drops the rows the interrupted run logged after its checkpoint, so no
+    step is logged twice.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
         self._last_time = time.perf_counter()
         self._last_step = 0
         self._last_tokens = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001 - HF callback signature
+        # The trainer has restored ``state`` from the checkpoint by now: global_step is where it resumes.
+        self._last_step, self._last_tokens = state.global_step, state.num_input_tokens_seen or 0
+        if state.is_world_process_zero and state.global_step > 0:
+            truncate_jsonl(self.out / METRICS_FILE, "step", state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - HF callback signature
         if not state.is_world_process_zero or not logs:
@@ -161,8 +145,20 @@ class MetricsJsonlCallback(TrainerCallback):
                 record["perf/tokens_per_s"],
             )
             self._last_time, self._last_step, self._last_tokens = now, state.global_step, tokens
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(record, default=float) + "\n")
+        append_metrics(self.out, record)
+
+
+def train_with_resume(trainer: Any, training: TrainingConfig, evaluate: bool = True) -> dict[str, Any]:
+    """Train (from the last checkpoint when ``resume: true``); ``train/loss``, ``train/steps`` and ``eval/*``.
+
+    ``evaluate``: run the trainer's evaluation once more at the end when it has eval data.
+    """
+    output = trainer.train(resume_from_checkpoint=resume_checkpoint(training))
+    metrics: dict[str, Any] = {"train/loss": output.training_loss, "train/steps": trainer.state.global_step}
+    if evaluate and trainer.eval_dataset is not None:
+        metrics.update({"eval/" + k.removeprefix("eval_"): v for k, v in trainer.evaluate().items()
+                        if k.startswith("eval_")})
+    return metrics
 
 
 def save_final_model(trainer: Any, model_cfg: ModelConfig, out: Path) -> None:
@@ -180,40 +176,3 @@ def save_final_model(trainer: Any, model_cfg: ModelConfig, out: Path) -> None:
         trainer.save_model(str(out))
     if trainer.is_world_process_zero():
         trainer.processing_class.save_pretrained(str(out))
-
-
-def read_metrics(output_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(output_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def write_model_card(output_dir: Path, recipe: BaseModel, metrics: dict[str, Any], title: str) -> None:
-    """A short README.md: what was trained, on what, and the final metrics."""
-    if not is_main_process():
-        return
-    data = recipe.model_dump(mode="json")
-    lines = [
-        f"# {title}",
-        "",
-        f"Trained with `align {data.get('stage', '')}`. The full recipe is in `recipe.yaml`.",
-        "",
-        f"- base model: `{data.get('model', {}).get('name_or_path', '?')}`",
-        f"- method: `{data.get('model', {}).get('method', '?')}`",
-        "- data: " + ", ".join(f"`{source.get('path', '?')}`" for source in _as_list(data.get("data"))),
-        "",
-        "## Final metrics",
-        "",
-        "| metric | value |",
-        "| --- | --- |",
-    ]
-    lines += [f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
-              for key, value in sorted(metrics.items())]
-    (output_dir / "README.md").write_text("\n".join(lines) + "\n")
-
-
-def _as_list(value: Any) -> list[dict[str, Any]]:
-    if isinstance(value, dict):
-        return [value]
-    return [item for item in value or [] if isinstance(item, dict)]

@@ -138,7 +138,7 @@ def auto_label(store: Any, project: str, judge: Judge, *, annotators: int = 3, n
     The judge scores each item's responses once (in stored order); every annotator adds its own noise.
     ``max_items`` caps the labels per annotator.
     """
-    from reward_models.text import render_prompt as prompt_text  # the judge's own prompt rendering, as in PPO
+    from align.judges import score
 
     if annotators < 1:
         raise ValueError(f"annotators={annotators}: need at least one")
@@ -157,7 +157,7 @@ def auto_label(store: Any, project: str, judge: Judge, *, annotators: int = 3, n
                 stored = [""] * len(task.order)
                 for position, index in enumerate(task.order):
                     stored[index] = task.responses[position]
-                scores[task.item] = judge([prompt_text(task.prompt)] * len(stored), stored).reshape(-1).cpu()
+                scores[task.item] = score(judge, [task.prompt] * len(stored), stored).raw  # as PPO and eval call it
             store.submit(project, name, judge_vote(task, scores[task.item], name, noise, kind, seed, config))
             given += 1
         report.labels[name] = given

@@ -16,8 +16,6 @@ _EXPORTS = {
     "RewardConfig": "reward_models.model",
     "RewardScorer": "reward_models.scorer",
     "PairEncoder": "reward_models.text",
-    "render_prompt": "reward_models.text",
-    "render_completion": "reward_models.text",
 }
 
 __all__ = sorted(_EXPORTS)

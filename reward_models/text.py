@@ -7,10 +7,9 @@ special tokens placed by the tokenizer's own post-processor. When the pair is lo
 the response); the response is cut (from the right) only when it alone exceeds the budget,
 and then the prompt is left empty.
 
-Prompts may be chat message lists; they are rendered as plain text, one
-``role: content`` line per message. A completion given as messages (``[{"role":
-"assistant", "content": ...}]``, as TRL passes conversational completions) is the
-contents of its assistant messages joined by newlines, without roles.
+Prompts and completions may be chat message lists; they are rendered as plain text by
+``align.data.chat`` (``prompt_text``: one ``role: content`` line per message;
+``response_text``: the assistant contents), as every judge call renders them.
 """
 
 from __future__ import annotations
@@ -20,24 +19,9 @@ from typing import Any, Sequence
 
 import torch
 
+from align.data.chat import prompt_text, response_text
+
 Text = str | list[dict[str, Any]]
-
-
-def render_prompt(prompt: Text) -> str:
-    """A prompt as plain text: a string unchanged, messages as ``role: content`` lines."""
-    if isinstance(prompt, str):
-        return prompt
-    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
-
-
-def render_completion(completion: Text) -> str:
-    """A response as plain text: a string unchanged, messages as their assistant contents joined by newlines.
-
-    Matches ``align.data.response_text``; messages without a role count as assistant turns.
-    """
-    if isinstance(completion, str):
-        return completion
-    return "\n".join(str(m["content"]) for m in completion if m.get("role", "assistant") == "assistant")
 
 
 @dataclass
@@ -76,8 +60,8 @@ class PairEncoder:
         """One ``EncodedPair`` per (prompt, response), special tokens included, at most max_length ids."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-        prompt_encs = self.backend.encode_batch([render_prompt(p) for p in prompts], add_special_tokens=False)
-        response_encs = self.backend.encode_batch([render_completion(r) for r in responses], add_special_tokens=False)
+        prompt_encs = self.backend.encode_batch([prompt_text(p) for p in prompts], add_special_tokens=False)
+        response_encs = self.backend.encode_batch([response_text(r) for r in responses], add_special_tokens=False)
         budget = self.max_length - self.num_special
         out = []
         for p, r in zip(prompt_encs, response_encs):

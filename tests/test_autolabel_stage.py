@@ -8,7 +8,7 @@ from pathlib import Path
 from align.config import AutoLabelRecipe, DataConfig
 from align.data import load_records
 from align.recipe import validate
-from align.stages import StageResult
+from align.run import StageResult
 from align.stages.autolabel import run
 
 

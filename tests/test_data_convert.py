@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
 
 import pytest
 
@@ -13,7 +12,7 @@ from align.data import (
     preference_to_sft,
     ranking_to_preference,
     rating_to_preference,
-    render_prompt,
+    prompt_text,
     response_text,
     split_train_eval,
     to_kind,
@@ -171,25 +170,16 @@ def test_check_leakage_warns_with_count_and_example(caplog: pytest.LogCaptureFix
 # --------------------------------------------------------------------------- chat rendering
 
 
-def test_render_prompt_with_chat_template() -> None:
-    tok = build_causal_tokenizer()
-    assert render_prompt(tok, "What is 2+2?") == "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"
+def test_prompt_text_is_what_a_judge_reads() -> None:
+    assert prompt_text("Hello") == "Hello"
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    assert render_prompt(tok, msgs) == (
-        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
-    )
-
-
-def test_render_prompt_without_chat_template() -> None:
-    tok = SimpleNamespace(chat_template=None)
-    assert render_prompt(tok, "Hello") == "Hello"
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    assert render_prompt(tok, msgs) == "system: Be brief.\nuser: Hi"
+    assert prompt_text(msgs) == "system: Be brief.\nuser: Hi"
 
 
 def test_response_text() -> None:
     assert response_text("plain") == "plain"
     assert response_text([{"role": "assistant", "content": "one"}, {"role": "assistant", "content": "two"}]) == "one\ntwo"
+    assert response_text([{"role": "user", "content": "no"}, {"content": "yes"}]) == "yes"  # no role: an assistant turn
 
 
 def test_chat_to_prompt_completion_splits_at_last_answer() -> None:

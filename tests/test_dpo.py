@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 
 from align.config import DPORecipe
 from align.recipe import validate
-from align.stages import StageResult
+from align.run import StageResult
 from align.stages import dpo as dpo_stage
-from align.training import read_metrics
+from align.run import read_metrics
 
 QUESTIONS = [
     "What is the fox?", "Is the dog lazy?", "Say yes.", "Answer politely.", "What is Paris?", "Greet me.",

@@ -12,11 +12,12 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-import align.packing
+import align.stages.dpo.packing
 from align.config import DPORecipe
-from align.dpo_losses import LOSSES, PairLogps, dpo_loss, get_loss, reward_metrics
-from align.dpo_metrics import falling_steadily, sequence_kl, win_rate
-from align.packing import first_fit_decreasing, pack_preference, scored_token_mask, sequence_sums, unpack_to_padded
+from align.ops.dpo import LOSSES, PairLogps, dpo_loss, get_loss, reward_metrics
+from align.ops.logprobs import sequence_kl
+from align.ops.stats import falling_steadily, win_rate_and_se
+from align.stages.dpo.packing import first_fit_decreasing, pack_preference, scored_token_mask, sequence_sums, unpack_to_padded
 from align.recipe import RecipeError, validate
 
 # Two pairs. Policy log-probs chosen [-1, -2], rejected [-3, -1]; reference chosen [-1.5, -1], rejected
@@ -117,9 +118,9 @@ def test_sequence_kl_by_hand() -> None:
 
 def test_win_rate_counts_ties_half() -> None:
     # win, tie, loss, win -> (1 + 0.5 + 0 + 1) / 4
-    assert win_rate(torch.tensor([1.0, 2.0, 3.0, 0.0]), torch.tensor([0.0, 2.0, 4.0, -1.0])) == 0.625
+    assert win_rate_and_se(torch.tensor([1.0, 2.0, 3.0, 0.0]), torch.tensor([0.0, 2.0, 4.0, -1.0]))[0] == 0.625
     with pytest.raises(ValueError, match="equal, non-empty"):
-        win_rate(torch.tensor([1.0]), torch.tensor([1.0, 2.0]))
+        win_rate_and_se(torch.tensor([1.0]), torch.tensor([1.0, 2.0]))
 
 
 def test_falling_steadily() -> None:
@@ -158,7 +159,7 @@ def test_flat_chosen_logps_no_warning(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_packing_docstring_example() -> None:
-    assert doctest.testmod(align.packing).failed == 0
+    assert doctest.testmod(align.stages.dpo.packing).failed == 0
 
 
 def test_first_fit_decreasing() -> None:

@@ -17,8 +17,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from align.config import EvalRecipe
 from align.eval.curves import run_curves
-from align.eval.metrics import sequence_log_ratio, win_rate_and_se
-from align.eval.stage import run
+from align.ops.logprobs import sequence_log_ratio
+from align.ops.stats import win_rate_and_se
+from align.stages.eval import run
 from align.recipe import RecipeError, validate
 
 

@@ -22,7 +22,7 @@ from align.config import ExportRecipe
 from align.export import ExportError
 from align.export.gguf import permute_rope
 from align.export.ollama import CHATML_TEMPLATE, chatml_system, modelfile
-from align.export.stage import run
+from align.stages.export import run
 from align.recipe import RecipeError, validate
 
 PROMPT = "<|im_start|>user\nWhat is 2+2? Paris!<|im_end|>\n<|im_start|>assistant\nThe quick brown fox 42"

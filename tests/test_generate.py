@@ -8,16 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from align.cli import main
-from align.generate import GenerateRecipe, cut_at_eos, prompt_id, recipe_from_args, run
+from align.cli import generate_recipe_from_args, main
+from align.config import GenerateRecipe
 from align.recipe import RecipeError
-
-
-def test_cut_at_eos_drops_the_eos_and_everything_after() -> None:
-    # 2 is EOS, 0 is padding after it (as HF generate pads finished rows).
-    assert cut_at_eos([5, 7, 2, 0, 0], {2}) == ([5, 7], "eos")
-    assert cut_at_eos([5, 7, 9], {2}) == ([5, 7, 9], "length")
-    assert cut_at_eos([3, 5], {3, 5}) == ([], "eos")
+from align.stages.generate import prompt_id, run
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +86,7 @@ def test_recipe_and_flags_precedence(tmp_path: Path) -> None:
     for flag in ("prompts", "n", "temperature", "top_p", "top_k", "max_new_tokens", "batch_size", "seed", "out"):
         setattr(args, flag, None)
     args.n = 2
-    got = recipe_from_args(args)
+    got = generate_recipe_from_args(args)
     assert isinstance(got, GenerateRecipe)
     assert [m.name_or_path for m in got.models] == ["some/model"]
     assert (got.generation.n, got.generation.temperature, got.generation.top_p) == (2, 0.7, 0.9)
@@ -100,7 +94,7 @@ def test_recipe_and_flags_precedence(tmp_path: Path) -> None:
     recipe.write_text("models: [{name_or_path: a}]\ndata: {path: p.jsonl}\ngeneration: {temprature: 0.5}\n")
     args.n = None
     with pytest.raises(RecipeError, match="generation.temprature: unknown key; did you mean .temperature."):
-        recipe_from_args(args)
+        generate_recipe_from_args(args)
 
 
 def test_missing_prompt_file_is_a_named_error(tiny_llama_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -11,9 +11,9 @@ import torch
 
 from align.config import GRPORecipe, JudgeSettings
 from align.recipe import RecipeError, validate
-from align.stages import StageResult
+from align.run import StageResult
 from align.stages.grpo import TextJudgeReward, run
-from align.training import read_metrics
+from align.run import read_metrics
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +31,7 @@ def test_reward_function_passes_text_and_penalises_unfinished() -> None:
         seen["prompts"], seen["responses"] = prompts, responses
         return torch.tensor([3.0, 1.0])
 
-    reward = TextJudgeReward(judge, JudgeSettings(judge="x:y", missing_eos_penalty=0.5, clip=2.0), eos_token_ids=[2])
+    reward = TextJudgeReward(judge, JudgeSettings(judge="x:y", missing_eos_penalty=0.5, clip=2.0), eos_ids=[2])
     prompts = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}], "Plain"]
     completions = [[{"role": "assistant", "content": "Hello!"}], " there"]
     # row 0 ends with EOS (2): 3.0 clipped to 2.0; row 1 has none: 1.0 - 0.5

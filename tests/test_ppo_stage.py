@@ -18,10 +18,10 @@ from transformers import AutoModelForCausalLM
 
 from align.config import PPORecipe
 from align.recipe import RecipeError, validate
-from align.stages import StageResult
+from align.run import StageResult
 from align.stages.ppo import run
 from align.stages.ppo.trainer import STATE_FILE, PPOTrainer
-from align.training import read_metrics
+from align.run import read_metrics
 
 PROMPTS = [
     "Say yes.", "Greet me.", "What is 2 + 3?", "Name a colour.", "Is the dog lazy?", "Answer briefly.",
@@ -192,28 +192,73 @@ def test_left_padded_rollout_scores_tokens_as_each_prompt_alone(tiny_llama_dir: 
     """Position ids skip the left padding: a padded batch gives each response the log-probs it has unpadded."""
     from transformers import AutoTokenizer
 
-    from align.stages.ppo import core
+    from align.ops.logprobs import token_logprobs
+    from align.sampling import sample
     from align.stages.ppo.modeling import PolicyAndValue
-    from align.stages.ppo.rollout import generate_responses
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True)
-             for c in ["Hi", "What is the capital of France? Answer politely and briefly, please."]]
-    torch.manual_seed(0)
-    gen = generate_responses(model, tokenizer, texts, max_new_tokens=10, temperature=0.7, top_p=1.0, top_k=0,
-                             batch_size=2, eos_token_ids=[tokenizer.eos_token_id], device=torch.device("cpu"))
+    prompts = ["Hi", "What is the capital of France? Answer politely and briefly, please."]
+    gen = sample(model, tokenizer, prompts, max_new_tokens=10, temperature=0.7, batch_size=2, seed=0)
     assert gen.query_mask[0, 0] == 0 and gen.query_mask[1].all()  # the short prompt is left-padded
-    mask, _ = core.response_mask(gen.response_ids, tokenizer.eos_token_id)
-    sequences = torch.cat([gen.query_ids, gen.response_ids], 1)
-    attention = torch.cat([gen.query_mask, mask.long()], 1)
+    mask = gen.response_mask
     with torch.no_grad():
-        logits, values = PolicyAndValue(model, 32)(sequences, attention, gen.response_ids.shape[1], temperature=0.7)
-        batched = core.logprobs_from_logits(logits, gen.response_ids)
-        for i, text in enumerate(texts):
+        logits, values = PolicyAndValue(model, 32)(gen.sequences, gen.attention_mask, gen.response_ids.shape[1],
+                                                   temperature=0.7)
+        batched = token_logprobs(logits, gen.response_ids)
+        for i, prompt in enumerate(prompts):
             n = int(mask[i].sum())
+            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                 add_generation_prompt=True)
             alone = torch.cat([tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids,
                                gen.response_ids[i : i + 1, :n]], 1)
-            expected = core.logprobs_from_logits(model(alone).logits[:, -(n + 1) : -1] / 0.7, gen.response_ids[i : i + 1, :n])
+            expected = token_logprobs(model(alone).logits[:, -(n + 1) : -1] / 0.7, gen.response_ids[i : i + 1, :n])
             torch.testing.assert_close(batched[i : i + 1, :n], expected, atol=1e-5, rtol=1e-5)
     assert values.shape == gen.response_ids.shape and torch.equal(values, torch.zeros_like(values))  # zero-init head
+
+
+def _minibatch_gradient(tiny_llama_dir: Path, prompts_file: Path, out: Path, micro: int, exp) -> dict[str, torch.Tensor]:  # noqa: ANN001
+    """The gradient of one PPO minibatch of 8 sequences, split into micro-batches of ``micro``."""
+    recipe = make_recipe(tiny_llama_dir, prompts_file, out, ppo={"rollouts_per_iteration": 8, "epochs": 1},
+                         training={"per_device_batch_size": micro, "gradient_accumulation_steps": 8 // micro,
+                                   "max_grad_norm": 1e9})
+    trainer = PPOTrainer(recipe, judge=lambda prompts, responses: torch.zeros(len(responses)))
+    grads: dict[str, torch.Tensor] = {}
+    step = trainer.optimizer.step
+
+    def capture(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        if trainer.accelerator.sync_gradients:  # the minibatch's last micro-batch: the whole gradient is in
+            grads.update({n: p.grad.clone() for n, p in trainer.module.named_parameters() if p.grad is not None})
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = capture
+    torch.manual_seed(0)  # the same minibatch order
+    trainer._update(exp)
+    return grads
+
+
+def test_gradient_accumulation_does_not_change_the_update(tiny_llama_dir: Path, prompts_file: Path,
+                                                          tmp_path: Path) -> None:
+    """8 x 1, 4 x 2 and 1 x 8 give one gradient: losses are token means over the whole minibatch."""
+    from align.stages.ppo.trainer import Experience
+
+    generator = torch.Generator().manual_seed(1)
+    P, T, vocab = 5, 6, 64
+    lengths = torch.tensor([1, 6, 2, 6, 3, 5, 1, 4])  # very unequal: a per-micro-batch mean would weigh tokens unevenly
+    mask = (torch.arange(T).unsqueeze(0) < lengths.unsqueeze(1)).float()  # (8, T)
+    response_ids = torch.randint(4, vocab, (8, T), generator=generator)
+    exp = Experience(
+        sequences=torch.cat([torch.randint(4, vocab, (8, P), generator=generator), response_ids], 1),
+        attention_mask=torch.cat([torch.ones(8, P, dtype=torch.long), mask.long()], 1),
+        response_ids=response_ids, mask=mask,
+        old_logprobs=-torch.rand(8, T, generator=generator) * 4 * mask,
+        old_values=torch.randn(8, T, generator=generator) * mask,
+        advantages=torch.randn(8, T, generator=generator) * mask,
+        returns=torch.randn(8, T, generator=generator) * mask,
+    )
+    grads = {micro: _minibatch_gradient(tiny_llama_dir, prompts_file, tmp_path / str(micro), micro, exp)
+             for micro in (8, 4, 1)}
+    assert grads[8] and grads[8].keys() == grads[4].keys() == grads[1].keys()
+    for name, expected in grads[8].items():
+        for micro in (4, 1):
+            torch.testing.assert_close(grads[micro][name], expected, rtol=1e-4, atol=1e-6, msg=f"{name}, micro {micro}")

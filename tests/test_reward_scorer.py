@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from reward_models import PairEncoder, RewardModel, RewardScorer, render_prompt
+from reward_models import PairEncoder, RewardModel, RewardScorer
 
 PROMPTS = [
     "the quick brown fox jumps over the lazy dog . what is the capital of france ?",
@@ -56,10 +56,6 @@ def test_response_alone_too_long_is_cut_from_the_right(model):
     enc = PairEncoder(model.tokenizer, max_length=8)  # 8 - 3 specials: room for 5 response tokens, no prompt
     toks = tokens(model.tokenizer, enc.encode(["what is the capital ?"], [response])[0].input_ids)
     assert toks == ["[CLS]", "[SEP]", "paris", "is", "the", "capital", "of", "[SEP]"]
-
-
-def test_message_prompts_render_as_role_lines():
-    assert render_prompt([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]) == "user: hi\nassistant: yo"
 
 
 def test_scores_same_in_batch_and_one_at_a_time(model):

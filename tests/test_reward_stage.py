@@ -16,7 +16,7 @@ from align.config import DataConfig, RewardRecipe
 from align.data import DataError
 from align.recipe import load_recipe
 from align.stages.reward import load_units, run
-from align.training import read_metrics
+from align.run import read_metrics
 from reward_models import RewardScorer
 
 # Words of the tiny tokenizer's vocabulary (tests/tiny_models.py CORPUS), so nothing maps to [UNK].

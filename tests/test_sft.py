@@ -12,9 +12,9 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 
 from align.config import SFTRecipe
 from align.recipe import validate
-from align.stages import StageResult
+from align.run import StageResult
 from align.stages import sft as sft_stage
-from align.training import read_metrics
+from align.run import read_metrics
 
 QA = [
     ("What colour is the sky?", "The sky is blue."),

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from align.config import DataConfig, RecordKind
-from align.data.chat import render_prompt, response_text
+from align.data.chat import prompt_text, response_text
 from align.data.convert import (
     can_convert,
     chat_to_prompt_completion,
@@ -27,8 +27,10 @@ from align.data.convert import (
     to_prompt,
 )
 from align.data.errors import DataError
+from align.data.formats import FORMATS, near_miss
 from align.data.readers import RawRow, detect_format, read_rows
 from align.data.records import KIND_COLUMNS, RECORD_KINDS, FormChecker, guess_kind, prompt_key, validate_row
+from align.data.source import Source, open_source
 from align.data.split import check_leakage, dedup, split_train_eval
 
 if TYPE_CHECKING:
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "KIND_COLUMNS",
     "RECORD_KINDS",
+    "FORMATS",
     "DataError",
     "LoadedData",
     "RawRow",
@@ -51,7 +54,7 @@ __all__ = [
     "ranking_to_preference",
     "rating_to_preference",
     "read_rows",
-    "render_prompt",
+    "prompt_text",
     "response_text",
     "rows_to_dataset",
     "split_train_eval",
@@ -73,36 +76,61 @@ class LoadedData:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+def _hint(row: Any, kind: RecordKind, cfg: DataConfig, source: Source) -> str | None:
+    """What a row that is no valid record probably is: another record kind, or a known format it almost matches."""
+    if source.format.name != "records":
+        return None  # a dedicated format's parser names the field itself
+    almost = near_miss(row) if cfg.format == "auto" else None
+    guess = guess_kind(row) if cfg.kind is None else None
+    if almost is None and guess is not None and guess != kind:
+        return f"this row looks like a {guess} record: set data.kind: {guess}"
+    return almost
+
+
 def _read_valid(
-    path: str, cfg: DataConfig, kind: RecordKind, checker: FormChecker
+    source: Source, cfg: DataConfig, kind: RecordKind, checker: FormChecker
 ) -> tuple[list[dict[str, Any]], int, int]:
     """Canonical rows of one source, with (rows read, rows skipped); on_error decides what a bad row does."""
     rows: list[dict[str, Any]] = []
     errors: list[DataError] = []
     n_read = 0
-    for raw in read_rows(path, cfg.format, split=cfg.split, columns=cfg.columns):
+    for raw in source.rows:
         n_read += 1
         try:
             if raw.error is not None:
                 raise raw.error
-            row = validate_row(kind, raw.data, raw.where)
-            checker.check(row, raw.where)
+            parsed = [validate_row(kind, row, raw.where) for row in source.parse(raw.data, raw.where, kind)]
+            for row in parsed:
+                checker.check(row, raw.where)
         except DataError as err:
             if cfg.on_error == "raise":
-                guess = guess_kind(raw.data) if cfg.kind is None else None
-                if guess is not None and guess != kind:
-                    hint = f" (this row looks like a {guess} record: set data.kind: {guess})"
-                    raise DataError(err.where, err.detail + hint, err.field) from None
+                hint = _hint(raw.data, kind, cfg, source)
+                if hint is not None:
+                    raise DataError(err.where, f"{err.detail} ({hint})", err.field) from None
                 raise
             errors.append(err)
             continue
-        rows.append(row)
+        rows.extend(parsed)
+    path = source.path
     if errors:
         logger.warning("%s: skipped %d of %d rows (on_error=skip); first: %s", path, len(errors), n_read, errors[0])
     if not rows:
-        why = f"all {n_read} rows were skipped; first error: {errors[0]}" if errors else "it holds no rows"
+        if errors:
+            why = f"all {n_read} rows were skipped; first error: {errors[0]}"
+        else:
+            why = f"its {n_read} rows gave no pairs: all tied (tie_policy={cfg.tie_policy!r})" if n_read else "it holds no rows"
         raise DataError(path, f"no valid {kind} records ({why})")
+    logger.info("%s", source.describe(n_read - len(errors), len(rows), kind))
     return rows, n_read, len(errors)
+
+
+def _check_convertible(path: str, kind: RecordKind, target: RecordKind) -> None:
+    if not can_convert(kind, target):
+        raise DataError(
+            path,
+            f"holds {kind} records but {target} records are needed; supported: {', '.join(supported_conversions())}",
+            "kind",
+        )
 
 
 def load_records(cfg: DataConfig, default_kind: RecordKind, *, want: RecordKind | None = None) -> LoadedData:
@@ -116,15 +144,14 @@ def load_records(cfg: DataConfig, default_kind: RecordKind, *, want: RecordKind 
     """
     kind: RecordKind = cfg.kind or default_kind
     target: RecordKind = want or kind
-    if not can_convert(kind, target):
-        raise DataError(
-            cfg.path,
-            f"holds {kind} records but {target} records are needed; supported: {', '.join(supported_conversions())}",
-            "kind",
-        )
+    _check_convertible(cfg.path, kind, target)  # before reading: a wrong recipe fails fast
+    source = open_source(cfg.path, cfg)
+    kind = source.kind_for(kind)  # HH-RLHF holds pairs only: an SFT stage reads pairs and converts
+    _check_convertible(cfg.path, kind, target)
     checker = FormChecker(kind)  # shared, so eval rows must take the train rows' form
-    train, n_read, n_skipped = _read_valid(cfg.path, cfg, kind, checker)
-    stats: dict[str, Any] = {"path": cfg.path, "kind": kind, "rows_read": n_read, "rows_skipped": n_skipped}
+    train, n_read, n_skipped = _read_valid(source, cfg, kind, checker)
+    stats: dict[str, Any] = {"path": cfg.path, "format": source.format.name, "kind": kind, "rows_read": n_read}
+    stats["rows_skipped"] = n_skipped
     stats["duplicates_dropped"] = 0
     if cfg.dedup:
         train, stats["duplicates_dropped"] = dedup(train)
@@ -134,7 +161,11 @@ def load_records(cfg: DataConfig, default_kind: RecordKind, *, want: RecordKind 
 
     eval_rows: list[dict[str, Any]] | None = None
     if cfg.eval_path:
-        eval_rows, stats["eval_rows_read"], stats["eval_rows_skipped"] = _read_valid(cfg.eval_path, cfg, kind, checker)
+        eval_source = open_source(cfg.eval_path, cfg)
+        if eval_source.kind_for(kind) != kind:
+            detail = f"holds {eval_source.kind_for(kind)} records but the train data holds {kind} records"
+            raise DataError(cfg.eval_path, detail, "eval_path")
+        eval_rows, stats["eval_rows_read"], stats["eval_rows_skipped"] = _read_valid(eval_source, cfg, kind, checker)
         if cfg.dedup:
             eval_rows, stats["eval_duplicates_dropped"] = dedup(eval_rows)
     elif cfg.eval_fraction > 0:

@@ -1,8 +1,8 @@
-"""Prompts to model input text, completions to plain text.
+"""Prompts and completions as plain text: what a text judge (a reward model, a function) reads.
 
-Generation, PPO rollouts and the reward scorer all need the same prompt string the
-policy saw in training, so they render it here, through the tokenizer's own chat
-template when it has one.
+A policy's view of a prompt (chat template, BOS) is ``align.sampling.render_prompt``; a judge
+never sees the policy's template, so the same judge scores every policy alike. PPO, GRPO, eval,
+the simulated annotators and the reward model's own encoder all render through here.
 """
 
 from __future__ import annotations
@@ -10,23 +10,18 @@ from __future__ import annotations
 from typing import Any
 
 
-def render_prompt(tokenizer: Any, prompt: str | list[dict[str, str]]) -> str:
-    """The text a causal LM continues to answer ``prompt``.
-
-    With a chat template: the template applied with ``add_generation_prompt=True``
-    (a plain string becomes one user message). Without one: the string itself, or
-    the messages as ``role: content`` lines.
-    """
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def prompt_text(prompt: str | list[dict[str, Any]]) -> str:
+    """A prompt as plain text: a string unchanged, messages as ``role: content`` lines."""
     if isinstance(prompt, str):
         return prompt
-    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
 
 
-def response_text(completion: str | list[dict[str, str]]) -> str:
-    """A completion as text: a string as is, a message list as its assistant contents joined by newlines."""
+def response_text(completion: str | list[dict[str, Any]]) -> str:
+    """A completion as text: a string as is, messages as their assistant contents joined by newlines.
+
+    Messages without a role count as assistant turns.
+    """
     if isinstance(completion, str):
         return completion
-    return "\n".join(m["content"] for m in completion if m.get("role") == "assistant")
+    return "\n".join(str(m["content"]) for m in completion if m.get("role", "assistant") == "assistant")

@@ -10,12 +10,13 @@ malformed line is skipped with a warning, so a run still being written can be pl
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from align.run import read_metrics
 
 logger = logging.getLogger("align.eval")
 
@@ -42,26 +43,6 @@ class RunCurves:
     reward: Series | None = None
     kl: Series | None = None
     keys: list[str] = field(default_factory=list)
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Rows of a metrics.jsonl; lines that are not JSON objects are skipped (with one warning)."""
-    rows, bad = [], 0
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            bad += 1
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-        else:
-            bad += 1
-    if bad:
-        logger.warning("%s: skipped %d malformed line(s)", path, bad)
-    return rows
 
 
 def series(rows: list[dict[str, Any]], key: str) -> Series | None:

@@ -1,4 +1,7 @@
-"""Stage registry. A stage is ``run(recipe) -> StageResult``; no stage imports another.
+"""Stage registry: every ``align X`` runner lives in this package. A stage is ``run(recipe) -> StageResult``.
+
+A stage imports the shared modules (``align.run``, ``align.sampling``, ``align.judges``,
+``align.ops``, ``align.data``, ``align.models``), never another stage.
 
 Modules are named as strings and imported on use, so ``align --help`` stays fast.
 """
@@ -6,36 +9,10 @@ Modules are named as strings and imported on use, so ``align --help`` stays fast
 from __future__ import annotations
 
 import importlib
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable
 
-RESULT_FILE = "stage_result.json"
-
-
-@dataclass
-class StageResult:
-    """What a finished stage hands on: its output dir and final metrics.
-
-    Saved as ``stage_result.json``, written last: its presence means the stage finished,
-    which is how a pipeline knows it may skip the stage on a re-run.
-    """
-
-    output_dir: Path
-    metrics: dict[str, Any] = field(default_factory=dict)
-
-    def save(self) -> None:
-        payload = {"output_dir": str(self.output_dir), "metrics": self.metrics}
-        (Path(self.output_dir) / RESULT_FILE).write_text(json.dumps(payload, indent=2, default=float))
-
-    @classmethod
-    def load(cls, output_dir: str | Path) -> "StageResult | None":
-        path = Path(output_dir) / RESULT_FILE
-        if not path.is_file():
-            return None
-        payload = json.loads(path.read_text())
-        return cls(output_dir=Path(payload["output_dir"]), metrics=payload.get("metrics", {}))
+from align.run import StageResult
 
 
 @dataclass(frozen=True)
@@ -65,7 +42,7 @@ STAGES: dict[str, StageSpec] = {
         "direct preference optimisation (TRL DPOTrainer): sigmoid/IPO/hinge/robust/conservative(+SFT), padding-free",
     ),
     "generate": StageSpec(
-        "align.generate:GenerateRecipe", "align.generate:run", "sample N responses per prompt for labeling", cli=False
+        "align.config:GenerateRecipe", "align.stages.generate:run", "sample N responses per prompt for labeling", cli=False
     ),
     "autolabel": StageSpec(
         "align.config:AutoLabelRecipe",
@@ -78,12 +55,12 @@ STAGES: dict[str, StageSpec] = {
     "grpo": StageSpec("align.config:GRPORecipe", "align.stages.grpo:run", "GRPO / RLOO through TRL, rewarded by a text judge"),
     "eval": StageSpec(
         "align.config:EvalRecipe",
-        "align.eval.stage:run",
+        "align.stages.eval:run",
         "evaluate policies vs a baseline: win rate, reward, KL to the reference, length; report + plots",
     ),
     "export": StageSpec(
         "align.config:ExportRecipe",
-        "align.export.stage:run",
+        "align.stages.export:run",
         "merge LoRA, save safetensors + model card, GGUF (f16, q8_0) and an Ollama Modelfile",
     ),
 }

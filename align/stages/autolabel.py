@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 from align.config import AutoLabelRecipe
-from align.judges import load_judge
-from align.recipe import dump_recipe
-from align.stages import StageResult
+from align.judges import judge_for
+from align.run import StageResult, finish_stage, prepare_run_dir
 
 logger = logging.getLogger("align.label")
 
@@ -30,15 +28,13 @@ def run(recipe: AutoLabelRecipe) -> StageResult:
     from labeling_ui.schemas import ProjectConfig
     from labeling_ui.store import LabelStore
 
-    out = Path(recipe.training.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_recipe(recipe, out / "recipe.yaml")
+    out = prepare_run_dir(recipe, recipe.training.output_dir)
     store = LabelStore(recipe.db or f"sqlite:///{(out / 'labels.db').resolve()}")
     store.create_project(recipe.project, ProjectConfig(labels_per_item=recipe.annotators), update=True)
     imported = store.import_items(recipe.project, read_candidates(recipe.candidates, "auto"))
     logger.info("project %s: %d items added, %d already there", recipe.project, imported.added, imported.unchanged)
 
-    judge = load_judge(recipe.judge.judge, batch_size=recipe.judge.batch_size, normalize=recipe.judge.normalize)
+    judge = judge_for(recipe.judge)
     report = auto_label(store, recipe.project, judge, annotators=recipe.annotators, noise=recipe.noise,
                         kind=recipe.noise_kind, seed=recipe.training.seed)
     options = ExportOptions(kind="preference", ties=recipe.export.ties, aggregate=recipe.export.aggregate,
@@ -48,6 +44,4 @@ def run(recipe: AutoLabelRecipe) -> StageResult:
     metrics = {"label/items": imported.added + imported.unchanged, "label/labels": sum(report.labels.values()),
                "label/pairs": exported["rows"], "preferences": str(out / "preferences.jsonl")}
     (out / "export_stats.json").write_text(json.dumps(exported, indent=2, default=str) + "\n")
-    result = StageResult(output_dir=out, metrics=metrics)
-    result.save()
-    return result
+    return finish_stage(out, recipe, metrics)

@@ -7,7 +7,7 @@
 ``RLOOTrainer`` (leave-one-out baseline; TRL 1.16 has it as ``trl.RLOOTrainer``). Both sample
 ``grpo.num_generations`` responses per prompt and need no value model.
 
-The reward is ``align.judges.load_judge(reward.judge)`` wrapped as a TRL reward function over
+The reward is ``align.judges.score`` with ``reward.judge`` wrapped as a TRL reward function over
 *text* (``TextJudgeReward``). TRL's built-in path for a reward *model* re-tokenises
 ``prompt + completion`` with ``add_special_tokens=False``, which drops BERT's ``[CLS]``; our
 scorer tokenises its own (prompt, response) pair instead, so it is always passed as a function.
@@ -16,12 +16,17 @@ scorer tokenises its own (prompt, response) pair instead, so it is always passed
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-import torch
+from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from align.config import GRPORecipe, JudgeSettings
-from align.stages import StageResult
+from align.data import load_records
+from align.judges import Judge, judge_for, score
+from align.models import load_policy, partial_callbacks
+from align.run import StageResult, finish_stage, prepare_run_dir
+from align.sampling import conversational, eos_token_ids
+from align.training import hf_training_kwargs, save_final_model, train_with_resume, trainer_callbacks
 
 logger = logging.getLogger("align.grpo")
 
@@ -29,50 +34,28 @@ logger = logging.getLogger("align.grpo")
 class TextJudgeReward:
     """A TRL reward function ``(prompts, completions, completion_ids, **columns) -> list[float]``.
 
-    Prompts and completions arrive as strings or, for conversational data, message lists;
-    the judge gets plain text: a prompt as ``role: content`` lines (the reward model's own
-    rendering), a completion as its assistant contents. A completion whose ids hold no EOS
-    loses ``missing_eos_penalty``; scores are then clipped to ``[-clip, clip]`` if set.
+    Scores go through ``align.judges.score``, as in PPO and eval: the judge reads plain text, a
+    completion whose ids hold none of the policy's EOS ids (``align.sampling.eos_token_ids``)
+    loses ``missing_eos_penalty``, and scores are clipped to ``[-clip, clip]`` if set.
     """
 
-    def __init__(self, judge: Callable[[list[str], list[str]], torch.Tensor], settings: JudgeSettings,
-                 eos_token_ids: Sequence[int]) -> None:
+    def __init__(self, judge: Judge, settings: JudgeSettings, eos_ids: Sequence[int]) -> None:
         self.judge = judge
         self.settings = settings
-        self.eos_token_ids = set(eos_token_ids)
+        self.eos_ids = set(eos_ids)
         self.__name__ = getattr(judge, "__name__", "judge")  # TRL names reward columns after it
 
     def __call__(self, prompts: list[Any], completions: list[Any], completion_ids: list[list[int]] | None = None,
                  **columns: Any) -> list[float]:
-        from reward_models.text import render_completion, render_prompt
-
-        scores = self.judge([render_prompt(p) for p in prompts], [render_completion(c) for c in completions]).float()
-        if self.settings.missing_eos_penalty is not None and completion_ids is not None:
-            unfinished = torch.tensor([not self.eos_token_ids.intersection(ids) for ids in completion_ids])
-            scores = scores - self.settings.missing_eos_penalty * unfinished.float()
-        if self.settings.clip is not None:
-            scores = scores.clamp(-self.settings.clip, self.settings.clip)
-        return scores.tolist()
+        finished = None if completion_ids is None else [bool(self.eos_ids.intersection(ids)) for ids in completion_ids]
+        return score(self.judge, prompts, completions, finished, self.settings).final.tolist()
 
 
-def conversational_prompts(dataset, tokenizer):  # noqa: ANN001, ANN201 - datasets.Dataset in and out
-    """String prompts become one user message when the tokenizer has a chat template.
+def trainer_arguments(recipe: GRPORecipe, eos_ids: Sequence[int]) -> Any:
+    """``GRPOConfig`` or ``RLOOConfig`` from the recipe (HF training arguments + sampling + algorithm).
 
-    TRL applies the chat template only to conversational prompts; PPO and generation render a
-    string prompt through the template too (``align.data.render_prompt``), so GRPO must see
-    the same input. Message-list prompts pass as they are.
+    Generation stops at every EOS id the other stages stop at (``align.sampling.eos_token_ids``).
     """
-    if not getattr(tokenizer, "chat_template", None) or not isinstance(dataset[0]["prompt"], str):
-        return dataset
-    return dataset.map(lambda row: {"prompt": [{"role": "user", "content": row["prompt"]}]})
-
-
-def trainer_arguments(recipe: GRPORecipe) -> Any:
-    """``GRPOConfig`` or ``RLOOConfig`` from the recipe (HF training arguments + sampling + algorithm)."""
-    from trl import GRPOConfig, RLOOConfig
-
-    from align.training import hf_training_kwargs
-
     gen, algo = recipe.generation, recipe.grpo
     common = dict(
         **hf_training_kwargs(recipe.training),
@@ -86,6 +69,7 @@ def trainer_arguments(recipe: GRPORecipe) -> Any:
         num_iterations=algo.num_iterations,
         mask_truncated_completions=algo.mask_truncated_completions,
         log_completions=algo.log_completions,
+        generation_kwargs={"eos_token_id": list(eos_ids)},
     )
     if algo.algorithm == "rloo":
         return RLOOConfig(**common)
@@ -93,48 +77,29 @@ def trainer_arguments(recipe: GRPORecipe) -> Any:
 
 
 def run(recipe: GRPORecipe) -> StageResult:
-    from trl import GRPOTrainer, RLOOTrainer
-
-    from align.data import load_records
-    from align.judges import load_judge
-    from align.models import load_policy, partial_callbacks
-    from align.training import (
-        prepare_run_dir,
-        resume_checkpoint,
-        save_final_model,
-        trainer_callbacks,
-        write_model_card,
-    )
-
     out = prepare_run_dir(recipe, recipe.training.output_dir)
     data = load_records(recipe.data, default_kind="prompt", want="prompt")
     logger.info("prompts: %d train / %d eval %s", len(data.train), len(data.eval or []), data.stats)
     model, tokenizer = load_policy(recipe.model)
     tokenizer.padding_side = "left"  # TRL generates from left-padded prompts
-    settings = recipe.reward
-    judge = load_judge(settings.judge, batch_size=settings.batch_size, normalize=settings.normalize)
-    eos = tokenizer.eos_token_id
-    reward = TextJudgeReward(judge, settings, [eos] if eos is not None else [])
+    eos_ids = eos_token_ids(model, tokenizer)
+    reward = TextJudgeReward(judge_for(recipe.reward), recipe.reward, eos_ids)
 
     trainer_class = RLOOTrainer if recipe.grpo.algorithm == "rloo" else GRPOTrainer
     trainer = trainer_class(
         model=model,
         reward_funcs=[reward],
-        args=trainer_arguments(recipe),
-        train_dataset=conversational_prompts(data.train, tokenizer),
-        eval_dataset=conversational_prompts(data.eval, tokenizer) if data.eval is not None else None,
+        args=trainer_arguments(recipe, eos_ids),
+        # Prompts rendered as align.sampling renders them (TRL applies a template only to messages).
+        train_dataset=conversational(data.train, tokenizer, []),
+        eval_dataset=conversational(data.eval, tokenizer, []),
         processing_class=tokenizer,
         callbacks=trainer_callbacks(recipe.training, out) + partial_callbacks(recipe.model),
     )
-    train_output = trainer.train(resume_from_checkpoint=resume_checkpoint(recipe.training))
-    metrics = {"train/loss": train_output.training_loss, "train/steps": trainer.state.global_step}
+    metrics = train_with_resume(trainer, recipe.training, evaluate=False)
     rewards = [log for log in trainer.state.log_history if "reward" in log]
     if rewards:
         metrics["reward/mean"] = rewards[-1]["reward"]
-
     save_final_model(trainer, recipe.model, out)
-    result = StageResult(output_dir=out, metrics=metrics)
-    if trainer.is_world_process_zero():
-        write_model_card(out, recipe, metrics, title=f"{recipe.grpo.algorithm.upper()} of {recipe.model.name_or_path}")
-        result.save()
-    return result
+    title = f"{recipe.grpo.algorithm.upper()} of {recipe.model.name_or_path}"
+    return finish_stage(out, recipe, metrics, card_title=title)

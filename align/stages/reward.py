@@ -22,8 +22,8 @@ import torch
 from align.config import DataConfig, RewardRecipe
 from align.data import DataError, load_records
 from align.recipe import RecipeError
-from align.stages import StageResult
-from align.training import hf_training_kwargs, prepare_run_dir, resume_checkpoint, trainer_callbacks, write_model_card
+from align.run import StageResult, finish_stage, prepare_run_dir
+from align.training import hf_training_kwargs, train_with_resume, trainer_callbacks
 
 logger = logging.getLogger("align.reward")
 
@@ -73,8 +73,8 @@ def run(recipe: RewardRecipe) -> StageResult:
         plot_dir=out,
         reliability_bins=options.reliability_bins,
     )
-    train_output = trainer.train(resume_from_checkpoint=resume_checkpoint(recipe.training))
-    metrics: dict[str, Any] = {"train/loss": train_output.training_loss, "train/steps": trainer.state.global_step}
+    # The final evaluation below is the reward model's own (accuracy, correlations, reliability).
+    metrics: dict[str, Any] = train_with_resume(trainer, recipe.training, evaluate=False)
 
     if options.normalize:
         norm_units = _sample(train_units, options.normalize_max_samples, recipe.training.seed)
@@ -89,11 +89,7 @@ def run(recipe: RewardRecipe) -> StageResult:
         (out / "data_stats.json").write_text(
             json.dumps({"sources": data_stats, "ratings": rating_stats}, indent=2, default=str) + "\n"
         )
-        write_model_card(out, recipe, metrics, title=f"Reward model on {recipe.model.name_or_path}")
-    result = StageResult(output_dir=out, metrics=metrics)
-    if trainer.is_world_process_zero():
-        result.save()
-    return result
+    return finish_stage(out, recipe, metrics, card_title=f"Reward model on {recipe.model.name_or_path}")
 
 
 # --------------------------------------------------------------------------- data

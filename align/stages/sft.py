@@ -17,15 +17,9 @@ from trl import SFTConfig, SFTTrainer
 from align.config import SFTRecipe
 from align.data import chat_to_prompt_completion, load_records, rows_to_dataset
 from align.models import load_policy, partial_callbacks
-from align.stages import StageResult
-from align.training import (
-    hf_training_kwargs,
-    prepare_run_dir,
-    resume_checkpoint,
-    trainer_callbacks,
-    save_final_model,
-    write_model_card,
-)
+from align.run import StageResult, finish_stage, prepare_run_dir
+from align.sampling import conversational
+from align.training import hf_training_kwargs, save_final_model, train_with_resume, trainer_callbacks
 
 logger = logging.getLogger("align.sft")
 
@@ -40,6 +34,8 @@ def run(recipe: SFTRecipe) -> StageResult:
     if recipe.sft.completion_only_loss and not assistant_only and "messages" in train.column_names:
         # The template cannot mark assistant turns: train on each chat's last answer instead.
         train, evaluation = (_split_last_answer(d) for d in (train, evaluation))
+    if "prompt" in train.column_names:  # prompt/completion rows: rendered as align.sampling renders prompts
+        train, evaluation = (conversational(d, tokenizer, ["completion"]) for d in (train, evaluation))
 
     args = SFTConfig(
         **hf_training_kwargs(recipe.training),
@@ -57,17 +53,9 @@ def run(recipe: SFTRecipe) -> StageResult:
         processing_class=tokenizer,
         callbacks=trainer_callbacks(recipe.training, out) + partial_callbacks(recipe.model),
     )
-    train_output = trainer.train(resume_from_checkpoint=resume_checkpoint(recipe.training))
-    metrics = {"train/loss": train_output.training_loss, "train/steps": trainer.state.global_step}
-    if evaluation is not None:
-        metrics.update({k.replace("eval_", "eval/"): v for k, v in trainer.evaluate().items()})
-
+    metrics = train_with_resume(trainer, recipe.training)
     save_final_model(trainer, recipe.model, out)
-    result = StageResult(output_dir=out, metrics=metrics)
-    if trainer.is_world_process_zero():
-        write_model_card(out, recipe, metrics, title=f"SFT of {recipe.model.name_or_path}")
-        result.save()
-    return result
+    return finish_stage(out, recipe, metrics, card_title=f"SFT of {recipe.model.name_or_path}")
 
 
 def _marks_assistant_turns(tokenizer, dataset) -> bool:  # noqa: ANN001

@@ -24,15 +24,9 @@ from typing import Any
 from align.config import DPORecipe
 from align.data import load_records
 from align.models import load_policy, load_reference, partial_callbacks
-from align.stages import StageResult
-from align.training import (
-    hf_training_kwargs,
-    prepare_run_dir,
-    resume_checkpoint,
-    trainer_callbacks,
-    save_final_model,
-    write_model_card,
-)
+from align.run import StageResult, finish_stage, prepare_run_dir
+from align.sampling import conversational
+from align.training import hf_training_kwargs, save_final_model, train_with_resume, trainer_callbacks
 
 logger = logging.getLogger("align.dpo")
 
@@ -46,26 +40,21 @@ def run(recipe: DPORecipe) -> StageResult:
     reference = None if recipe.dpo.precompute_ref else load_reference(recipe.model)
 
     trainer, monitor = build_trainer(recipe, model, reference, tokenizer, data.train, data.eval, out)
-    train_output = trainer.train(resume_from_checkpoint=resume_checkpoint(recipe.training))
-    metrics: dict[str, Any] = {"train/loss": train_output.training_loss, "train/steps": trainer.state.global_step,
-                               "dpo/falling_chosen_logps_warnings": len(monitor.warnings)}
-    last = _last_logged(trainer, ("rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected"))
-    metrics.update(last)
-    if data.eval is not None:
-        metrics.update({"eval/" + k[5:]: v for k, v in trainer.evaluate().items() if k.startswith("eval_")})
-
+    metrics: dict[str, Any] = train_with_resume(trainer, recipe.training)
+    metrics["dpo/falling_chosen_logps_warnings"] = len(monitor.warnings)
+    metrics.update(_last_logged(trainer, ("rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")))
     save_final_model(trainer, recipe.model, out)
     if recipe.eval.enabled:
         metrics.update(_evaluate(trainer, recipe, data.eval, out))
-    result = StageResult(output_dir=out, metrics=metrics)
-    if trainer.is_world_process_zero():
-        write_model_card(out, recipe, metrics, title=f"DPO of {recipe.model.name_or_path}")
-        result.save()
-    return result
+    return finish_stage(out, recipe, metrics, card_title=f"DPO of {recipe.model.name_or_path}")
 
 
 def build_trainer(recipe: DPORecipe, model, reference, tokenizer, train, eval_data, out: Path):  # noqa: ANN001, ANN201
-    """``(AlignDPOTrainer, FallingChosenLogpsCallback)`` for ``recipe``; tests call this to inspect one step."""
+    """``(AlignDPOTrainer, FallingChosenLogpsCallback)`` for ``recipe``; tests call this to inspect one step.
+
+    Pairs are rendered as ``align.sampling`` renders prompts (``conversational``), so the policy is
+    trained on the prompts it is sampled from in PPO, generation and eval.
+    """
     from trl import DPOConfig
 
     from align.stages.dpo.trainer import AlignDPOTrainer, FallingChosenLogpsCallback
@@ -83,8 +72,8 @@ def build_trainer(recipe: DPORecipe, model, reference, tokenizer, train, eval_da
         model=model,
         ref_model=reference,
         args=args,
-        train_dataset=train,
-        eval_dataset=eval_data,
+        train_dataset=conversational(train, tokenizer, ["chosen", "rejected"]),
+        eval_dataset=conversational(eval_data, tokenizer, ["chosen", "rejected"]),
         processing_class=tokenizer,
         callbacks=trainer_callbacks(recipe.training, out) + partial_callbacks(recipe.model) + [monitor],
         losses=options.loss,
@@ -110,7 +99,8 @@ def _evaluate(trainer, recipe: DPORecipe, eval_data, out: Path) -> dict[str, flo
     """Policy vs reference on held-out prompts (``stages.dpo.evaluation``), single process only."""
     from accelerate.utils import is_peft_model
 
-    from align.stages.dpo.evaluation import evaluate_against_reference, held_out_prompts, no_scope
+    from align.eval.responses import held_out_prompts, no_scope
+    from align.stages.dpo.evaluation import evaluate_against_reference
 
     if eval_data is None or len(eval_data) == 0:
         logger.warning("eval: no held-out prompts (set data.eval_fraction or data.eval_path); skipping policy vs reference")

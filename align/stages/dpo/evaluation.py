@@ -17,16 +17,10 @@ from typing import Any
 import torch
 
 from align.config import DPOEvalSettings
-from align.dpo_metrics import win_rate
-from align.eval.sampling import (  # noqa: F401 - held_out_prompts and no_scope are this module's API too
-    Prompt,
-    generate,
-    held_out_prompts,
-    markdown_cell,
-    no_scope,
-    prompt_ids,
-    response_kl,
-)
+from align.eval.responses import markdown_cell, response_kl
+from align.judges import load_judge, score
+from align.ops.stats import win_rate_and_se
+from align.sampling import Prompt, sample
 
 logger = logging.getLogger("align.dpo")
 
@@ -55,15 +49,14 @@ def evaluate_against_reference(
     try:
         for start in range(0, len(prompts), settings.batch_size):
             batch = prompts[start : start + settings.batch_size]
-            ids = [prompt_ids(tokenizer, p) for p in batch]
             sampling = {"max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature,
-                        "seed": seed + start}
-            ours = generate(policy, tokenizer, ids, **sampling)
+                        "batch_size": settings.batch_size, "seed": seed + start}
+            ours = sample(policy, tokenizer, batch, **sampling)
             with reference_scope():
-                theirs = generate(reference, tokenizer, ids, **sampling)
+                theirs = sample(reference, tokenizer, batch, **sampling)
             kl = response_kl(policy, reference_scope, reference, ours)
             kls.append(kl)
-            lengths.append(ours.response_mask.sum(-1).float())
+            lengths.append(ours.lengths.float().cpu())
             for i, prompt in enumerate(batch):
                 rows.append({"prompt": prompt, "policy": ours.texts[i], "reference": theirs.texts[i],
                              "kl": round(kl[i].item(), 4)})
@@ -79,16 +72,14 @@ def evaluate_against_reference(
 
 
 def _judge(reward_dir: str, rows: list[dict[str, Any]]) -> dict[str, float]:
-    from reward_models import RewardScorer
-
-    scorer = RewardScorer.from_pretrained(reward_dir)
+    judge = load_judge(reward_dir)
     prompts = [row["prompt"] for row in rows]
-    ours = scorer.score(prompts, [row["policy"] for row in rows])
-    theirs = scorer.score(prompts, [row["reference"] for row in rows])
+    ours = score(judge, prompts, [row["policy"] for row in rows]).raw
+    theirs = score(judge, prompts, [row["reference"] for row in rows]).raw
     for row, a, b in zip(rows, ours.tolist(), theirs.tolist()):
         row.update(reward_policy=round(a, 4), reward_reference=round(b, 4))
     return {
-        "eval/win_rate": win_rate(ours, theirs),
+        "eval/win_rate": win_rate_and_se(ours, theirs)[0],
         "eval/reward_policy": ours.mean().item(),
         "eval/reward_reference": theirs.mean().item(),
     }

@@ -4,10 +4,10 @@ TRL keeps: tokenization, the reference (a frozen copy, the adapter-disabled poli
 PEFT, or log-probs precomputed before training), DeepSpeed/accelerate wiring and its fused
 LM head (per-token log-probs without materialising the logits). Ours: the forward that sums
 completion log-probs per sequence for a padded *or* packed batch, and the loss, one function
-per variant from ``align.dpo_losses.LOSSES``.
+per variant from ``align.ops.dpo.LOSSES``.
 
 TRL 1.16's own ``padding_free=True`` is switched off in its constructor (it warns and falls
-back to padding), hence ``align.packing``.
+back to padding), hence ``align.stages.dpo.packing``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from trl import DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
-from align.dpo_losses import PairLogps, dpo_loss, reward_metrics
-from align.dpo_metrics import falling_steadily
-from align.packing import DataCollatorForPackedPreference, scored_token_mask, sequence_sums, unpack_to_padded
+from align.ops.dpo import PairLogps, dpo_loss, reward_metrics
+from align.ops.stats import falling_steadily
+from align.stages.dpo.packing import DataCollatorForPackedPreference, scored_token_mask, sequence_sums, unpack_to_padded
 
 logger = logging.getLogger("align.dpo")
 
@@ -37,8 +37,8 @@ class AlignDPOTrainer(DPOTrainer):
     """``DPOTrainer`` whose loss is ``sum_k w_k * LOSSES[name_k]`` over pairs, on padded or packed batches.
 
     Args beyond DPOTrainer's: ``losses`` / ``loss_weights`` / ``label_smoothing`` (see
-    ``align.dpo_losses.dpo_loss``; ``args.beta`` is beta), ``padding_free`` and ``pack_row_tokens``
-    (see ``align.packing.pack_preference``).
+    ``align.ops.dpo.dpo_loss``; ``args.beta`` is beta), ``padding_free`` and ``pack_row_tokens``
+    (see ``align.stages.dpo.packing.pack_preference``).
     """
 
     def __init__(
@@ -169,7 +169,7 @@ class AlignDPOTrainer(DPOTrainer):
 
 
 class FallingChosenLogpsCallback(TrainerCallback):
-    """Warn when the logged mean chosen log-prob falls steadily (``align.dpo_metrics.falling_steadily``).
+    """Warn when the logged mean chosen log-prob falls steadily (``align.ops.stats.falling_steadily``).
 
     After a warning it stays quiet for one window. ``warnings`` keeps the steps it warned at.
     """

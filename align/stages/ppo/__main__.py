@@ -15,9 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     from align.config import PPORecipe
     from align.recipe import load_recipe
     from align.stages.ppo import run
-    from align.training import setup_logging
-
     from align.distributed import destroy_process_group
+    from align.run import setup_logging
 
     args = sys.argv[1:] if argv is None else argv
     args = [a for a in args if not a.startswith(("--local_rank", "--local-rank"))]  # the launcher's; ranks read env

@@ -20,6 +20,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from align.sampling import position_ids, response_logits
+
 
 class ValueHead(nn.Module):
     """``hidden (B, T, H) -> values (B, T)``, float32, initialised to output 0 everywhere."""
@@ -60,45 +62,15 @@ class PolicyAndValue(nn.Module):
         position P + t - 1): logits ``[:, :-1]`` pair with ids ``[:, 1:]``.
         """
         want_hidden = with_values and self.critic is None
-        logits, hidden = policy_forward(self.policy, input_ids, attention_mask, response_length, want_hidden)
+        logits, hidden = response_logits(self.policy, input_ids, attention_mask, response_length, want_hidden)
         values = None
         if with_values:
             if self.critic is not None:
-                positions = position_ids_of(attention_mask)
-                out = self.critic(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions)
+                out = self.critic(input_ids=input_ids, attention_mask=attention_mask,
+                                  position_ids=position_ids(attention_mask))
                 hidden = out.last_hidden_state[:, -(response_length + 1) : -1]  # (B, T, H)
             values = self.value_head(hidden)
         return logits / temperature, values
-
-
-def position_ids_of(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding: ``cumsum(mask) - 1``, clamped at 0. (B, L) -> (B, L).
-
-    ``generate`` numbers positions this way for a left-padded batch; a plain forward would
-    count the pad tokens and give the sampled tokens different log-probs.
-    """
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def policy_forward(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_length: int, want_hidden: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Causal-LM logits (B, T, V) over the response positions, and the last hidden state (B, T, H) if asked.
-
-    ``logits_to_keep = T + 1`` keeps the lm-head matmul to the response: the last T + 1
-    positions, of which the very last (scoring the token after the response) is dropped.
-    """
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_of(attention_mask),
-        logits_to_keep=response_length + 1,
-        output_hidden_states=want_hidden,
-        use_cache=False,
-    )
-    logits = out.logits[:, -(response_length + 1) : -1]  # (B, T, V)
-    hidden = out.hidden_states[-1][:, -(response_length + 1) : -1] if want_hidden else None  # (B, T, H)
-    return logits, hidden
 
 
 @contextmanager

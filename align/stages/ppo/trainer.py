@@ -5,16 +5,17 @@
 Each iteration, on every process:
 
 1. take ``ppo.rollouts_per_iteration`` prompts (``rollout.prompt_indices``) and sample one
-   response each (KV cache; under ZeRO-3 the parameters are gathered once per rollout);
-2. score the decoded text with the judge; subtract ``reward.missing_eos_penalty`` from
-   responses that did not finish, clip;
+   response each with ``align.sampling.sample`` (seeded by ``rollout.rollout_seed``; under
+   ZeRO-3 the parameters are gathered once per rollout);
+2. score the decoded text with ``align.judges.score`` (missing-EOS penalty, clip);
 3. with the rollout policy, its value model and the reference: per-token log-probs, values,
    KL; rewards ``-beta * KL_t`` plus the score on the last real token; GAE;
 4. ``ppo.epochs`` passes of shuffled minibatches: clipped policy loss + ``vf_coef`` x clipped
-   value loss - ``ent_coef`` x entropy, gradient clipping;
+   value loss - ``ent_coef`` x entropy, each a token mean over the whole minibatch (so the
+   micro-batch size and accumulation steps do not change the update), gradient clipping;
 5. update beta (adaptive KL), log, write samples and checkpoints.
 
-The math is in ``core``; this file holds no formula of its own.
+The math is in ``align.ops``; this file holds no formula of its own.
 """
 
 from __future__ import annotations
@@ -27,17 +28,21 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from align.config import PPORecipe
-from align.stages import StageResult
-from align.stages.ppo import core
+from align.judges import Judge, judge_for, score
+from align.ops import ppo as ppo_ops
+from align.ops.logprobs import entropy_from_logits, token_logprobs
+from align.ops.stats import explained_variance, masked_sum, masked_var, masked_whiten, token_mean
+from align.run import StageResult, append_metrics, finish_stage, prepare_run_dir, truncate_jsonl
+from align.sampling import Samples, eos_token_ids, response_logits, sample
 from align.stages.ppo.distributed import is_zero3, make_accelerator, unwrapped_for_generation
-from align.stages.ppo.modeling import PolicyAndValue, adapter_disabled, policy_forward, transformer_trunk
-from align.stages.ppo.rollout import generate_responses, prompt_indices
+from align.stages.ppo.modeling import PolicyAndValue, adapter_disabled, transformer_trunk
+from align.stages.ppo.rollout import prompt_indices, rollout_seed
 
 logger = logging.getLogger("align.ppo")
 
@@ -47,7 +52,7 @@ SAMPLES_FILE = "samples.jsonl"
 
 @dataclass
 class KLController:
-    """beta of the KL penalty: fixed, or adapted toward ``target`` (``core.adaptive_kl_coef``)."""
+    """beta of the KL penalty: fixed, or adapted toward ``target`` (``ppo_ops.adaptive_kl_coef``)."""
 
     value: float
     target: float | None
@@ -55,7 +60,7 @@ class KLController:
 
     def update(self, current_kl: float, n_steps: int) -> None:
         if self.target is not None:
-            self.value = core.adaptive_kl_coef(self.value, current_kl, self.target, n_steps, self.horizon)
+            self.value = ppo_ops.adaptive_kl_coef(self.value, current_kl, self.target, n_steps, self.horizon)
 
 
 @dataclass
@@ -79,12 +84,12 @@ class Experience:
 class PPOTrainer:
     """Holds the models, optimizer and judge of one run; ``train()`` runs the iterations."""
 
-    def __init__(self, recipe: PPORecipe, judge: Callable[[list[str], list[str]], torch.Tensor] | None = None) -> None:
+    def __init__(self, recipe: PPORecipe, judge: Judge | None = None) -> None:
         from accelerate.utils import set_seed
 
         from align.data import load_records
         from align.models import load_policy, load_reference
-        from align.training import prepare_run_dir, report_to
+        from align.training import report_to
 
         self.recipe = recipe
         training = recipe.training
@@ -123,9 +128,9 @@ class PPOTrainer:
         scheduler = _scheduler(recipe, optimizer)
         self.module, self.optimizer, self.scheduler = acc.prepare(module, optimizer, scheduler)
         self.reference = self._prepare_reference(reference)
-        self.judge = judge or self._load_judge()
+        self.judge = judge or judge_for(recipe.reward, device=str(acc.device))
         self.kl_ctl = KLController(recipe.ppo.kl_coef, recipe.ppo.target_kl, recipe.ppo.kl_horizon)
-        self.eos_token_ids = _eos_ids(policy, self.tokenizer)
+        self.eos_token_ids = eos_token_ids(policy, self.tokenizer)
         self.iteration = 0
         if training.resume:
             self._resume()
@@ -157,13 +162,6 @@ class PPOTrainer:
             return prepare_deepspeed(reference, self.accelerator)
         return reference.to(self.accelerator.device)
 
-    def _load_judge(self) -> Callable[[list[str], list[str]], torch.Tensor]:
-        from align.judges import load_judge
-
-        settings = self.recipe.reward
-        return load_judge(settings.judge, batch_size=settings.batch_size, normalize=settings.normalize,
-                          device=str(self.accelerator.device))
-
     # ----------------------------------------------------------------------- the loop
 
     def train(self) -> dict[str, float]:
@@ -182,31 +180,30 @@ class PPOTrainer:
         """One iteration: rollout, score, experience, updates, beta. Returns its metrics (all processes' mean)."""
         recipe, acc = self.recipe, self.accelerator
         t0 = time.perf_counter()
-        rows = [self.prompts[i] for i in prompt_indices(
-            len(self.prompts), self.iteration, acc.process_index, acc.num_processes,
-            recipe.ppo.rollouts_per_iteration, recipe.training.seed,
-        )]
-        generated, mask, finished, responses = self._rollout(rows)
+        stream = (self.iteration, acc.process_index, acc.num_processes, recipe.ppo.rollouts_per_iteration)
+        rows = [self.prompts[i] for i in prompt_indices(len(self.prompts), *stream, recipe.training.seed)]
+        samples = self.rollout(rows, rollout_seed(*stream, recipe.training.seed))
         t1 = time.perf_counter()
-        raw_scores, scores = self._score(rows, responses, finished)
+        scores = score(self.judge, rows, samples.texts, samples.finished, recipe.reward)
         t2 = time.perf_counter()
-        exp, kl, rewards = self._experience(generated, mask, scores)
+        exp, kl, rewards = self._experience(samples, scores.final.to(acc.device))
         t3 = time.perf_counter()
         update_stats = self._update(exp)
         t4 = time.perf_counter()
 
-        kl_per_response = core.masked_sum(kl, mask, dim=1)  # (B,)
+        mask = exp.mask
+        kl_per_response = masked_sum(kl, mask, dim=1)  # (B,)
         metrics = {
-            "reward/raw": raw_scores.mean(),
-            "reward/raw_std": raw_scores.std(unbiased=False),
-            "reward/score": scores.mean(),
-            "reward/normalized": core.masked_sum(rewards, mask, dim=1).mean(),
+            "reward/raw": scores.raw.mean(),
+            "reward/raw_std": scores.raw.std(unbiased=False),
+            "reward/score": scores.final.mean(),
+            "reward/normalized": masked_sum(rewards, mask, dim=1).mean(),
             "reward/kl_penalty": -self.kl_ctl.value * kl_per_response.mean(),
-            "reward/finished_frac": finished.float().mean(),
+            "reward/finished_frac": samples.finished.float().mean(),
             "ppo/kl": kl_per_response.mean(),
-            "ppo/explained_var": core.explained_variance(exp.old_values, exp.returns, mask),
+            "ppo/explained_var": explained_variance(exp.old_values, exp.returns, mask),
             "ppo/response_length": mask.sum(1).mean(),
-            "ppo/advantage_std": core.masked_var(exp.advantages, mask).sqrt(),
+            "ppo/advantage_std": masked_var(exp.advantages, mask).sqrt(),
             **update_stats,
         }
         metrics = self._reduce(metrics)
@@ -224,129 +221,112 @@ class PPOTrainer:
         })
         self._log(metrics)
         if (self.iteration + 1) % recipe.ppo.sample_every == 0 or self.iteration == 0:
-            self._write_samples(rows, responses, raw_scores, scores, finished)
+            self._write_samples(rows, samples, scores.raw, scores.final)
         return metrics
 
     # ----------------------------------------------------------------------- the parts of a step
 
-    def _rollout(self, rows: list[Any]):  # noqa: ANN202
-        from align.data import render_prompt
-
+    def rollout(self, rows: list[Any], seed: int | None) -> Samples:
+        """One response per prompt from the current policy (``align.sampling.sample``), on the accelerator's device."""
         gen = self.recipe.generation
-        texts = [render_prompt(self.tokenizer, row) for row in rows]
         # Under ZeRO-3 this gathers the parameters once for the whole rollout, not per token.
         with unwrapped_for_generation(self.module, self.accelerator) as unwrapped:
-            generated = generate_responses(
-                unwrapped.policy, self.tokenizer, texts,
-                max_new_tokens=gen.max_new_tokens, temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k,
-                batch_size=gen.batch_size, eos_token_ids=self.eos_token_ids, device=self.accelerator.device,
-            )
-        mask, finished = core.response_mask(generated.response_ids, self.eos_token_ids)
-        lengths = mask.sum(1).long().tolist()
-        responses = [
-            self.tokenizer.decode(ids[:n], skip_special_tokens=True) for ids, n in zip(generated.response_ids, lengths)
-        ]
-        return generated, mask, finished, responses
-
-    def _score(self, rows: list[Any], responses: list[str],
-               finished: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Judge scores (B,) as returned, and after the missing-EOS penalty and clip."""
-        from reward_models.text import render_prompt as prompt_text  # the scorer's own prompt rendering
-
-        settings = self.recipe.reward
-        raw = self.judge([prompt_text(row) for row in rows], responses).to(self.accelerator.device).float()
-        scores = raw
-        if settings.missing_eos_penalty is not None:
-            scores = scores - settings.missing_eos_penalty * (~finished).float()
-        if settings.clip is not None:
-            scores = scores.clamp(-settings.clip, settings.clip)
-        return raw, scores
+            return sample(unwrapped.policy, self.tokenizer, rows, max_new_tokens=gen.max_new_tokens,
+                          temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k, batch_size=gen.batch_size,
+                          seed=seed, eos_ids=self.eos_token_ids)
 
     @torch.no_grad()
-    def _experience(self, generated, mask: torch.Tensor, scores: torch.Tensor):  # noqa: ANN001, ANN202
+    def _experience(self, samples: Samples, scores: torch.Tensor):  # noqa: ANN202
         ppo, temperature = self.recipe.ppo, self.recipe.generation.temperature
-        sequences = torch.cat([generated.query_ids, generated.response_ids], dim=1)  # (B, P + T)
-        attention_mask = torch.cat([generated.query_mask, mask.long()], dim=1)  # (B, P + T)
-        response_ids, T = generated.response_ids, generated.response_ids.shape[1]
+        sequences, attention_mask = samples.sequences, samples.attention_mask  # (B, P + T)
+        response_ids, mask, T = samples.response_ids, samples.response_mask, samples.response_ids.shape[1]
         logprobs, ref_logprobs, values = [], [], []
         micro = self.recipe.training.per_device_batch_size
         for s in range(0, sequences.shape[0], micro):
             seq, att, ids = sequences[s : s + micro], attention_mask[s : s + micro], response_ids[s : s + micro]
             logits, vals = self.module(seq, att, T, temperature)
-            logprobs.append(core.logprobs_from_logits(logits, ids))
+            logprobs.append(token_logprobs(logits, ids))
             values.append(vals.float())
             ref_logits = self._reference_logits(seq, att, T) / temperature
-            ref_logprobs.append(core.logprobs_from_logits(ref_logits, ids))
+            ref_logprobs.append(token_logprobs(ref_logits, ids))
         old_logprobs, ref_lp, old_values = torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
 
-        kl = core.kl_estimate(old_logprobs.float(), ref_lp.float(), ppo.kl_estimator) * mask  # (B, T)
-        rewards = core.per_token_rewards(scores, kl, mask, self.kl_ctl.value)
+        kl = ppo_ops.kl_estimate(old_logprobs, ref_lp, ppo.kl_estimator) * mask  # (B, T)
+        rewards = ppo_ops.per_token_rewards(scores, kl, mask, self.kl_ctl.value)
         if ppo.whiten_rewards:
-            rewards = core.masked_whiten(rewards, mask, shift_mean=False)
-        advantages, returns = core.gae_advantages(rewards, old_values, mask, ppo.gamma, ppo.lam)
+            rewards = masked_whiten(rewards, mask, shift_mean=False)
+        advantages, returns = ppo_ops.gae_advantages(rewards, old_values, mask, ppo.gamma, ppo.lam)
         if ppo.whiten_advantages:
-            advantages = core.masked_whiten(advantages, mask)
-        exp = Experience(sequences, attention_mask, response_ids, mask, old_logprobs.float(), old_values * mask,
+            advantages = masked_whiten(advantages, mask)
+        exp = Experience(sequences, attention_mask, response_ids, mask, old_logprobs, old_values * mask,
                          advantages, returns)
         return exp, kl, rewards
 
     def _reference_logits(self, seq: torch.Tensor, att: torch.Tensor, T: int) -> torch.Tensor:
         if self.reference is not None:
-            logits, _ = policy_forward(self.reference, seq, att, T, want_hidden=False)
-            return logits
+            return response_logits(self.reference, seq, att, T)[0]
         policy = self.accelerator.unwrap_model(self.module).policy
         with adapter_disabled(policy):
-            logits, _ = policy_forward(policy, seq, att, T, want_hidden=False)
-        return logits
+            return response_logits(policy, seq, att, T)[0]
 
     def _update(self, exp: Experience) -> dict[str, torch.Tensor]:
-        """``ppo.epochs`` passes of shuffled minibatches; returns the mean of each loss statistic."""
+        """``ppo.epochs`` passes of shuffled minibatches; returns the mean of each loss statistic.
+
+        Every loss is a token mean over the whole minibatch: each micro-batch's token sum is divided
+        by the minibatch's token count and multiplied by the accumulation steps (which accelerate,
+        or DeepSpeed, divides back out), so 8 x 1 and 1 x 8 give the same gradient.
+        """
         ppo, training, acc = self.recipe.ppo, self.recipe.training, self.accelerator
         micro, minibatch = training.per_device_batch_size, self.recipe.minibatch_size
+        accumulation = minibatch // micro
         T, B = exp.response_ids.shape[1], exp.response_ids.shape[0]
         sums: dict[str, torch.Tensor] = {}
-        count = 0
+        minibatches = 0
         self.module.train()
         for _ in range(ppo.epochs):
             order = torch.randperm(B, device=exp.mask.device)
             for mb_start in range(0, B, minibatch):
+                minibatch_tokens = exp.mask[order[mb_start : mb_start + minibatch]].sum()
                 for start in range(mb_start, mb_start + minibatch, micro):
                     idx = order[start : start + micro]
                     with acc.accumulate(self.module):
-                        logits, values = self.module(exp.sequences[idx], exp.attention_mask[idx], T,
-                                                     self.recipe.generation.temperature)
-                        mask = exp.mask[idx]
-                        logprobs = core.logprobs_from_logits(logits, exp.response_ids[idx]).float()
-                        pg_loss, pg_stats = core.policy_loss(
-                            logprobs, exp.old_logprobs[idx], exp.advantages[idx], mask, ppo.clip_range
-                        )
-                        vf_loss, vf_stats = core.value_loss(
-                            values.float(), exp.old_values[idx], exp.returns[idx], mask, ppo.clip_range_value
-                        )
-                        # Without a bonus the entropy is only logged: no graph through a (B, T, V) softmax.
-                        with torch.set_grad_enabled(ppo.ent_coef > 0 and torch.is_grad_enabled()):
-                            entropy = core.masked_mean(core.entropy_from_logits(logits.float()), mask)
-                        loss = pg_loss + ppo.vf_coef * vf_loss - ppo.ent_coef * entropy
-                        acc.backward(loss)
-                        if acc.sync_gradients:
-                            acc.clip_grad_norm_(self.module.parameters(), training.max_grad_norm)
-                        self.optimizer.step()  # a no-op until the last micro-batch of the minibatch
-                        if acc.sync_gradients:
-                            self.scheduler.step()
-                        self.optimizer.zero_grad()
-                    stats = {
-                        "ppo/loss": loss.detach(),
-                        "ppo/policy_loss": pg_loss.detach(),
-                        "ppo/value_loss": vf_loss.detach(),
-                        "ppo/entropy": entropy.detach(),
-                        "ppo/clipfrac": pg_stats["clipfrac"],
-                        "ppo/approx_kl": pg_stats["approx_kl"],
-                        "ppo/value_clipfrac": vf_stats["clipfrac"],
-                    }
-                    for key, value in stats.items():
+                        stats = self._micro_step(exp, idx, T, minibatch_tokens, accumulation)
+                    for key, value in stats.items():  # micro-batch shares add up to the minibatch's token mean
                         sums[key] = sums.get(key, 0.0) + value
-                    count += 1
-        return {key: value / max(count, 1) for key, value in sums.items()}
+                minibatches += 1
+        return {key: value / max(minibatches, 1) for key, value in sums.items()}
+
+    def _micro_step(self, exp: Experience, idx: torch.Tensor, T: int, minibatch_tokens: torch.Tensor,
+                    accumulation: int) -> dict[str, torch.Tensor]:
+        """Forward, losses and backward of one micro-batch; the optimizer steps on the minibatch's last."""
+        ppo, acc = self.recipe.ppo, self.accelerator
+        logits, values = self.module(exp.sequences[idx], exp.attention_mask[idx], T, self.recipe.generation.temperature)
+        mask = exp.mask[idx]
+        logprobs = token_logprobs(logits, exp.response_ids[idx])
+        pg_loss, pg_stats = ppo_ops.policy_loss(logprobs, exp.old_logprobs[idx], exp.advantages[idx], mask,
+                                             ppo.clip_range, num_tokens=minibatch_tokens)
+        vf_loss, vf_stats = ppo_ops.value_loss(values.float(), exp.old_values[idx], exp.returns[idx], mask,
+                                            ppo.clip_range_value, num_tokens=minibatch_tokens)
+        # Without a bonus the entropy is only logged: no graph through a (B, T, V) softmax.
+        with torch.set_grad_enabled(ppo.ent_coef > 0 and torch.is_grad_enabled()):
+            entropy = token_mean(entropy_from_logits(logits.float()), mask, minibatch_tokens)
+        loss = pg_loss + ppo.vf_coef * vf_loss - ppo.ent_coef * entropy
+        acc.backward(loss * accumulation)  # accelerate divides by the accumulation steps
+        if acc.sync_gradients:
+            acc.clip_grad_norm_(self.module.parameters(), self.recipe.training.max_grad_norm)
+        self.optimizer.step()  # a no-op until the last micro-batch of the minibatch
+        if acc.sync_gradients:
+            self.scheduler.step()
+        self.optimizer.zero_grad()
+        return {
+            "ppo/loss": loss.detach(),
+            "ppo/policy_loss": pg_loss.detach(),
+            "ppo/value_loss": vf_loss.detach(),
+            "ppo/entropy": entropy.detach(),
+            "ppo/clipfrac": pg_stats["clipfrac"],
+            "ppo/approx_kl": pg_stats["approx_kl"],
+            "ppo/value_clipfrac": vf_stats["clipfrac"],
+        }
 
     # ----------------------------------------------------------------------- logging
 
@@ -361,8 +341,7 @@ class PPOTrainer:
     def _log(self, metrics: dict[str, float]) -> None:
         acc, step = self.accelerator, self.iteration + 1
         if acc.is_main_process:
-            with (self.out / "metrics.jsonl").open("a") as fh:
-                fh.write(json.dumps({"step": step, **metrics}, default=float) + "\n")
+            append_metrics(self.out, {"step": step, **metrics})
             if step % self.recipe.training.logging_steps == 0 or step == self.recipe.training.max_steps:
                 logger.info(
                     "iter %d/%d | reward %.3f | kl %.3f (beta %.3g) | pg %.4f vf %.4f | %.1f s (gen %.1f, score %.1f, "
@@ -375,15 +354,15 @@ class PPOTrainer:
         if acc.trackers:
             acc.log({k: v for k, v in metrics.items() if not math.isnan(v)}, step=step)
 
-    def _write_samples(self, rows, responses, raw_scores, scores, finished) -> None:  # noqa: ANN001
+    def _write_samples(self, rows: list[Any], samples: Samples, raw: torch.Tensor, final: torch.Tensor) -> None:
         if not self.accelerator.is_main_process:
             return
         n = self.recipe.ppo.num_samples
         with (self.out / SAMPLES_FILE).open("a") as fh:
-            for row, response, raw, score, done in list(zip(rows, responses, raw_scores.tolist(), scores.tolist(),
-                                                            finished.tolist()))[:n]:
-                record = {"iteration": self.iteration + 1, "prompt": row, "response": response, "reward": raw,
-                          "score": score, "finished": done}
+            for row, response, r, f, done in list(zip(rows, samples.texts, raw.tolist(), final.tolist(),
+                                                      samples.finished.tolist()))[:n]:
+                record = {"iteration": self.iteration + 1, "prompt": row, "response": response, "reward": r,
+                          "score": f, "finished": done}
                 fh.write(json.dumps(record) + "\n")
 
     # ----------------------------------------------------------------------- checkpoints
@@ -412,8 +391,8 @@ class PPOTrainer:
         self.iteration = state["iteration"]
         self.kl_ctl = KLController(**state["kl_controller"])
         if self.accelerator.is_main_process:  # drop what the interrupted run logged after this checkpoint
-            _truncate_jsonl(self.out / "metrics.jsonl", "step", self.iteration)
-            _truncate_jsonl(self.out / SAMPLES_FILE, "iteration", self.iteration)
+            truncate_jsonl(self.out / "metrics.jsonl", "step", self.iteration)
+            truncate_jsonl(self.out / SAMPLES_FILE, "iteration", self.iteration)
         logger.info("resumed from %s at iteration %d, beta %.4g", last, self.iteration, self.kl_ctl.value)
 
     def save_final(self) -> None:
@@ -456,16 +435,6 @@ def _disable_dropout(module: nn.Module) -> None:
             m.p = 0.0
 
 
-def _eos_ids(model: nn.Module, tokenizer) -> list[int]:  # noqa: ANN001
-    ids = {tokenizer.eos_token_id}
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids.update(configured if isinstance(configured, list) else [configured])
-    ids.discard(None)
-    if not ids:
-        raise ValueError("the policy's tokenizer has no eos token: PPO needs one to end responses")
-    return sorted(ids)
-
-
 def _scheduler(recipe: PPORecipe, optimizer: torch.optim.Optimizer):  # noqa: ANN202
     from transformers import get_scheduler
 
@@ -475,13 +444,6 @@ def _scheduler(recipe: PPORecipe, optimizer: torch.optim.Optimizer):  # noqa: AN
     return get_scheduler(
         training.lr_scheduler, optimizer, num_warmup_steps=int(training.warmup_ratio * total), num_training_steps=total
     )
-
-
-def _truncate_jsonl(path: Path, key: str, last: int) -> None:
-    if not path.is_file():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get(key, 0) <= last]
-    path.write_text("".join(line + "\n" for line in keep))
 
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -503,16 +465,11 @@ def _prune_checkpoints(out: Path, keep: int | None) -> None:
 
 
 def run(recipe: PPORecipe) -> StageResult:
-    from align.training import write_model_card
-
     trainer = PPOTrainer(recipe)
     last = trainer.train()
     trainer.save_final()
     metrics = {k: v for k, v in last.items() if k.startswith(("reward/", "ppo/"))}
     metrics["ppo/iterations"] = trainer.iteration
-    result = StageResult(output_dir=trainer.out, metrics=metrics)
-    if trainer.accelerator.is_main_process:
-        write_model_card(trainer.out, recipe, metrics, title=f"PPO of {recipe.model.name_or_path}")
-        result.save()
+    result = finish_stage(trainer.out, recipe, metrics, card_title=f"PPO of {recipe.model.name_or_path}")
     trainer.accelerator.end_training()
     return result

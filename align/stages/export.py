@@ -33,8 +33,7 @@ import torch
 
 from align.config import ExportRecipe, ModelConfig
 from align.export import ExportError
-from align.stages import StageResult
-from align.training import prepare_run_dir
+from align.run import StageResult, finish_stage, prepare_run_dir
 
 logger = logging.getLogger("align.export")
 
@@ -160,9 +159,7 @@ def run(recipe: ExportRecipe) -> StageResult:
     if recipe.gguf.enabled:
         files += _write_gguf(recipe, model, tokenizer, out, name, metrics, checks)
         _write_card(out, name, source, runs, files, checks)
-    result = StageResult(output_dir=out, metrics=metrics)
-    result.save()
-    return result
+    return finish_stage(out, recipe, metrics)
 
 
 def _write_gguf(recipe: ExportRecipe, model: Any, tokenizer: Any, out: Path, name: str, metrics: dict[str, Any],

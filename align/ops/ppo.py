@@ -1,4 +1,4 @@
-"""PPO-RLHF math as pure functions: masks, KL estimators, per-token rewards, GAE, losses.
+"""PPO-RLHF math as pure functions: KL estimators, per-token rewards, GAE, clipped losses, adaptive KL.
 
 Torch only, no ``self``, no globals, inputs never changed in place. Shapes: ``B`` sequences,
 ``T`` response tokens. ``mask`` is the action mask, ``(B, T)``, 1 for response tokens that
@@ -17,112 +17,15 @@ from typing import Callable
 
 import torch
 
-# --------------------------------------------------------------------------- masked statistics
+from align.ops.stats import token_mean
 
-
-def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """``sum(x * mask)`` over ``dim`` (all elements when None)."""
-    return (x * mask).sum() if dim is None else (x * mask).sum(dim)
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """``sum(x * mask) / max(sum(mask), 1)`` over ``dim`` (all elements when None).
-
-    The denominator is clamped to at least 1, so a fully masked row gives 0, not NaN.
-    """
-    return masked_sum(x, mask, dim) / mask.sum(dim).clamp(min=1)
-
-
-def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Variance of the masked elements of ``x`` (a scalar).
-
-    ``unbiased`` applies Bessel's correction ``n / (n - 1)`` when ``n = sum(mask) >= 2``;
-    with fewer than 2 elements the plain (biased) value is returned: 0 for one element,
-    0 for none.
-    """
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    n = mask.sum()
-    if unbiased and n >= 2:
-        var = var * n / (n - 1)
-    return var
-
-
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
-    """``(x - mean) / sqrt(var + eps)`` over the masked elements; masked-out positions are 0.
-
-    With ``shift_mean=False`` the mean is added back (only the scale changes), the form used
-    for rewards so that their sign survives.
-    """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
-    whitened = (x - mean) * torch.rsqrt(var + eps)
-    if not shift_mean:
-        whitened = whitened + mean
-    return whitened * mask
-
-
-def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``1 - Var[returns - values] / Var[returns]`` over masked tokens (a scalar).
-
-    1 is a perfect critic, 0 one that predicts the mean, negative worse than that. NaN when
-    the returns have zero variance (the ratio is undefined), as in cleanrl's ``ppo.py``.
-    """
-    var_returns = masked_var(returns, mask, unbiased=False)
-    if var_returns == 0:
-        return torch.tensor(float("nan"))
-    return 1 - masked_var(returns - values, mask, unbiased=False) / var_returns
-
-
-# --------------------------------------------------------------------------- masks from generated ids
-
-
-def response_mask(response_ids: torch.Tensor, eos_token_ids: int | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Action mask and "finished" flags of generated responses.
-
-    response_ids: (B, T) the generated tokens only (the prompt cut off); after EOS,
-    ``generate`` fills with the pad token, which may equal EOS.
-    Returns ``mask`` (B, T) float, 1 up to and including the first EOS (every token when
-    there is none), and ``finished`` (B,) bool, True when the response contains an EOS.
-
-    Example, EOS = 2, pad = 0::
-
-        [[5, 6, 2, 0],      ->  mask [[1, 1, 1, 0],   finished [True,
-         [5, 6, 7, 8]]               [1, 1, 1, 1]]             False]
-    """
-    eos = torch.as_tensor(eos_token_ids, device=response_ids.device).reshape(-1)
-    is_eos = torch.isin(response_ids, eos)  # (B, T)
-    # Tokens strictly after the first EOS have at least one EOS before them.
-    eos_before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()  # (B, T)
-    mask = (eos_before == 0).float()
-    return mask, is_eos.any(dim=1)
+# --------------------------------------------------------------------------- rewards and advantages
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     """Index of the last 1 in each row of ``mask`` (B, T) -> (B,) long; 0 for an all-zero row."""
     positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
     return torch.where(mask > 0, positions, torch.zeros_like(positions)).max(dim=1).values
-
-
-# --------------------------------------------------------------------------- log-probs and entropy
-
-
-def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``log softmax(logits)[labels]``: logits (B, T, V), labels (B, T) -> (B, T).
-
-    Computed as ``logit[label] - logsumexp(logits)`` so no (B, T, V) log-softmax copy is
-    kept. Callers pair logits ``[:, :-1]`` with ids ``[:, 1:]`` (a logit scores the next token).
-    """
-    picked = torch.gather(logits, -1, labels.unsqueeze(-1)).squeeze(-1)  # (B, T)
-    return picked - torch.logsumexp(logits, dim=-1)
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of the categorical ``softmax(logits)``: (B, T, V) -> (B, T).
-
-    ``H = logsumexp(l) - sum_v softmax(l)_v * l_v``, which is exact without taking log(p).
-    """
-    probs = torch.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
 
 
 # --------------------------------------------------------------------------- KL to the reference
@@ -214,24 +117,27 @@ def policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_range: float,
+    num_tokens: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise.
 
     All inputs (B, T). ``ratio = exp(logprobs - old_logprobs)``;
     ``pg_losses1 = -A * ratio``, ``pg_losses2 = -A * clamp(ratio, 1 - eps, 1 + eps)``;
-    loss = masked mean over tokens of ``max(pg_losses1, pg_losses2)``.
-    Stats (detached scalars): ``clipfrac`` (tokens where the clipped term is the larger) and
-    ``approx_kl`` = masked mean of ``(ratio - 1) - log ratio`` (k3 of old vs new).
+    loss = ``sum_t mask_t * max(pg_losses1, pg_losses2) / num_tokens`` (``stats.token_mean``):
+    a token mean over this batch by default, over the whole minibatch when ``num_tokens`` is its
+    token count and this batch is one of its micro-batches.
+    Stats (detached scalars, token means like the loss): ``clipfrac`` (tokens where the clipped
+    term is the larger) and ``approx_kl`` = ``(ratio - 1) - log ratio`` (k3 of old vs new).
     """
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     pg_losses1 = -advantages * ratio
     pg_losses2 = -advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
-    loss = masked_mean(torch.max(pg_losses1, pg_losses2), mask)
+    loss = token_mean(torch.max(pg_losses1, pg_losses2), mask, num_tokens)
     with torch.no_grad():
         stats = {
-            "clipfrac": masked_mean((pg_losses2 > pg_losses1).float(), mask),
-            "approx_kl": masked_mean((ratio - 1) - log_ratio, mask),
+            "clipfrac": token_mean((pg_losses2 > pg_losses1).float(), mask, num_tokens),
+            "approx_kl": token_mean((ratio - 1) - log_ratio, mask, num_tokens),
         }
     return loss, stats
 
@@ -242,8 +148,9 @@ def value_loss(
     returns: torch.Tensor,
     mask: torch.Tensor,
     clip_range_value: float,
+    num_tokens: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped value loss: ``0.5 * masked_mean(max((V - R)^2, (V_clip - R)^2))``.
+    """Clipped value loss: ``0.5 * token_mean(max((V - R)^2, (V_clip - R)^2))`` (``num_tokens`` as in ``policy_loss``).
 
     All inputs (B, T); ``V_clip = old_values + clamp(values - old_values, -eps_v, eps_v)``
     keeps the critic near the values it had when the rollout was scored. Stat:
@@ -252,9 +159,9 @@ def value_loss(
     v_clipped = old_values + torch.clamp(values - old_values, -clip_range_value, clip_range_value)
     v_losses1 = (values - returns) ** 2
     v_losses2 = (v_clipped - returns) ** 2
-    loss = 0.5 * masked_mean(torch.max(v_losses1, v_losses2), mask)
+    loss = 0.5 * token_mean(torch.max(v_losses1, v_losses2), mask, num_tokens)
     with torch.no_grad():
-        stats = {"clipfrac": masked_mean((v_losses2 > v_losses1).float(), mask)}
+        stats = {"clipfrac": token_mean((v_losses2 > v_losses1).float(), mask, num_tokens)}
     return loss, stats
 
 

@@ -33,12 +33,15 @@ from typing import Any
 import torch
 
 from align.config import EvalRecipe, ModelConfig
+from align.data import load_records
 from align.eval.curves import RunCurves, plot_reward_vs_kl, plot_training, run_curves
-from align.eval.metrics import win_rate_and_se
-from align.eval.sampling import Prompt, generate, held_out_prompts, markdown_cell, response_kls
+from align.eval.responses import held_out_prompts, markdown_cell, response_kls
+from align.judges import judge_for, score
+from align.models import load_policy
+from align.ops.stats import win_rate_and_se
 from align.recipe import RecipeError
-from align.stages import StageResult
-from align.training import prepare_run_dir
+from align.run import StageResult, finish_stage, prepare_run_dir
+from align.sampling import Prompt, sample
 
 logger = logging.getLogger("align.eval")
 
@@ -96,9 +99,7 @@ def run(recipe: EvalRecipe) -> StageResult:
     plots = _plots(recipe, out, results, metrics)
     (out / "report.md").write_text(report(recipe, prompts, results, metrics, plots))
     logger.info("report: %s", out / "report.md")
-    result = StageResult(output_dir=out, metrics=metrics)
-    result.save()
-    return result
+    return finish_stage(out, recipe, metrics)
 
 
 # --------------------------------------------------------------------------- the steps
@@ -106,8 +107,6 @@ def run(recipe: EvalRecipe) -> StageResult:
 
 def load_prompts(recipe: EvalRecipe) -> list[Prompt]:
     """The first ``generation.num_prompts`` distinct prompts: of the eval split when the data has one, else of all rows."""
-    from align.data import load_records
-
     data = load_records(recipe.data, "prompt", want="prompt")
     rows = data.eval if data.eval is not None and len(data.eval) else data.train
     prompts = held_out_prompts(rows, recipe.generation.num_prompts)
@@ -116,8 +115,6 @@ def load_prompts(recipe: EvalRecipe) -> list[Prompt]:
 
 
 def _load(cfg: ModelConfig, device: torch.device) -> tuple[Any, Any]:
-    from align.models import load_policy
-
     model, tokenizer = load_policy(cfg, trainable=False)
     return model.to(device), tokenizer
 
@@ -134,48 +131,31 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _prompt_ids(tokenizer: Any, prompt: Prompt) -> list[int]:
-    """The prompt as the policy sees it in PPO and ``align generate``: through the chat template when there is one."""
-    from align.data import render_prompt
-
-    has_template = bool(getattr(tokenizer, "chat_template", None))
-    return tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=not has_template)["input_ids"]
-
-
 def sample_responses(model: Any, tokenizer: Any, reference: Any, prompts: list[Prompt], recipe: EvalRecipe) -> Responses:
-    """One response per prompt from ``model`` (seed + batch start), with KL to ``reference``, length and EOS."""
+    """One response per prompt from ``model`` (``align.sampling.sample``, seeded), with KL to ``reference``."""
     settings = recipe.generation
     texts: list[str] = []
     parts: dict[str, list[torch.Tensor]] = {"kl": [], "kl_full_vocab": [], "tokens": [], "finished": []}
     for start in range(0, len(prompts), settings.batch_size):
-        batch = [_prompt_ids(tokenizer, p) for p in prompts[start : start + settings.batch_size]]
-        gen = generate(model, tokenizer, batch, max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                       top_p=settings.top_p, top_k=settings.top_k, seed=recipe.training.seed + start)
-        kls = response_kls(model, reference, gen)
-        texts += gen.texts
+        # One call per batch, so the KL's (B, T, V) logits stay one batch large; seeds as in one call.
+        samples = sample(model, tokenizer, prompts[start : start + settings.batch_size],
+                         max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                         top_p=settings.top_p, top_k=settings.top_k, batch_size=settings.batch_size,
+                         seed=recipe.training.seed + start)
+        kls = response_kls(model, reference, samples)
+        texts += samples.texts
         parts["kl"].append(kls["kl"])
         parts["kl_full_vocab"].append(kls["kl_full_vocab"])
-        parts["tokens"].append(gen.response_mask.sum(-1).float())
-        eos = (gen.sequences == tokenizer.eos_token_id) & gen.response_mask.bool()
-        parts["finished"].append(eos.any(-1))
+        parts["tokens"].append(samples.lengths.float().cpu())
+        parts["finished"].append(samples.finished.cpu())
     return Responses(texts, **{key: torch.cat(values) for key, values in parts.items()})
 
 
 def score_responses(recipe: EvalRecipe, prompts: list[Prompt], results: dict[str, Responses]) -> None:
-    """Judge every response (one call per model); ``reward.missing_eos_penalty`` and ``clip`` apply as in PPO."""
-    from align.judges import load_judge
-    from reward_models.text import render_prompt as prompt_text  # the judge's own prompt rendering, as in PPO
-
-    settings = recipe.reward
-    judge = load_judge(settings.judge, batch_size=settings.batch_size, normalize=settings.normalize)
-    texts = [prompt_text(p) for p in prompts]
+    """Judge every response (one call per model) with ``align.judges.score``, as PPO does."""
+    judge = judge_for(recipe.reward)
     for responses in results.values():
-        scores = judge(texts, responses.texts).float()
-        if settings.missing_eos_penalty is not None:
-            scores = scores - settings.missing_eos_penalty * (~responses.finished).float()
-        if settings.clip is not None:
-            scores = scores.clamp(-settings.clip, settings.clip)
-        responses.rewards = scores
+        responses.rewards = score(judge, prompts, responses.texts, responses.finished, recipe.reward).final
 
 
 def summarize(results: dict[str, Responses]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Padding-free preference batches: chosen and rejected sequences packed into rows without pad tokens.
 
-    python -c "from align.packing import pack_preference; print(pack_preference([[1, 2]], [[3]], [[4, 5]], 0))"
+    python -c "from align.stages.dpo.packing import pack_preference; print(pack_preference([[1, 2]], [[3]], [[4, 5]], 0))"
 
 Preference data has uneven lengths, so a padded batch of ``2B`` rows spends most of its
 compute on pad tokens. Here every sequence ``prompt + completion`` is laid end to end in

@@ -1,6 +1,6 @@
 """DPO loss variants as small functions, chosen by name from ``LOSSES``.
 
-    python -c "import torch; from align.dpo_losses import *; print(dpo_loss(PairLogps.of([-1.], [-3.]), ['sigmoid'], beta=0.1))"
+    python -c "import torch; from align.ops.dpo import *; print(dpo_loss(PairLogps.of([-1.], [-3.]), ['sigmoid'], beta=0.1))"
 
 Every variant reads the same per-pair quantities (``PairLogps``: summed completion
 log-probs of the policy and the reference, and completion lengths) and returns a
