@@ -366,6 +366,7 @@ def test_example_files_load_with_their_kind(name: str, kind: str, rows: int) -> 
     data = load(EXAMPLES / name, kind)
     assert data.stats == {
         "path": str(EXAMPLES / name),
+        "format": "trl" if kind == "preference" else "records",  # align's preference record is TRL's explicit form
         "kind": kind,
         "rows_read": rows,
         "rows_skipped": 0,

@@ -2,14 +2,16 @@
 
 Supported: ranking -> preference, rating -> preference, preference -> sft, any kind
 -> prompt, and a kind to itself. A DPO or reward stage can then read a ranking or
-rating file directly, and an SFT stage can learn from the chosen answers.
+rating file directly, and an SFT stage can learn from the chosen answers. Scored
+responses (one prompt, N responses with a score each, as UltraFeedback and SHP ship
+them) become rating, ranking or preference rows.
 
 Pairs and margins. Every pair of responses to one prompt where one is better gives
 a preference row ``(chosen=better, rejected=worse)``, in the order the responses
 are listed. The margin is how much better, in the source's own units:
 
 - ranking: ``margin = rank(rejected) - rank(chosen)`` (ranks 1 and 3 give 2.0);
-- rating: ``margin = score(chosen) - score(rejected)``.
+- rating and scored responses: ``margin = score(chosen) - score(rejected)``.
 
 Ties (equal rank or score) are dropped (``tie_policy="drop"``) or kept with margin
 0.0 (``"keep"``; chosen is then the one listed first). Pairs of identical text are
@@ -89,6 +91,30 @@ def rating_to_preference(rows: Sequence[dict[str, Any]], tie_policy: TiePolicy =
         means = [sum(scores[r]) / len(scores[r]) for r in responses]
         out.extend(_pairs(prompt, responses, means, tie_policy))
     return out
+
+
+def dense_ranks(scores: Sequence[float]) -> list[int]:
+    """Rank 1 for the highest score, equal scores share a rank: [4.5, 3, 4.5, 2] -> [1, 2, 1, 3]."""
+    order = sorted(set(scores), reverse=True)
+    return [order.index(s) + 1 for s in scores]
+
+
+def scored_to_kind(
+    prompt: Prompt, responses: Sequence[str], scores: Sequence[float], kind: RecordKind, tie_policy: TiePolicy = "drop"
+) -> Rows:
+    """Responses to one prompt, each with a score (higher is better), as rating, ranking or preference rows.
+
+    rating: one row per response; ranking: one row, ranks from ``dense_ranks``;
+    preference: every pair, margin = score difference (ties per ``tie_policy``).
+    """
+    if kind == "rating":
+        return [{"prompt": prompt, "response": r, "score": float(s)} for r, s in zip(responses, scores)]
+    if kind == "ranking":
+        return [{"prompt": prompt, "responses": list(responses), "ranks": dense_ranks(scores)}]
+    if kind == "preference":
+        _check_tie_policy(tie_policy)
+        return _pairs(prompt, responses, scores, tie_policy)
+    raise ValueError(f"scored responses give rating, ranking or preference rows, not {kind}")
 
 
 def preference_to_sft(rows: Sequence[dict[str, Any]]) -> Rows:

@@ -2,9 +2,10 @@
 
 Sources: JSONL, JSON (a list of objects or ``{"data": [...]}``), CSV (cells holding
 lists, such as ``ranks`` or message lists, are JSON), Parquet, a
-``datasets.save_to_disk`` directory, or a hub dataset id. The ``columns`` mapping
-(canonical name -> source column) is applied here, so validation only ever sees
-canonical names.
+``datasets.save_to_disk`` directory, or a hub dataset: an id (online, or offline from
+the local hub cache) or a local copy of its repository, both read by
+``datasets.load_dataset``. The ``columns`` mapping (field name -> source column) is
+applied here, so validation and format parsers only ever see the names they know.
 
 File-level problems (missing file, unreadable document, unknown hub id) raise
 DataError at once; a problem confined to one row (a bad JSONL line, a missing
@@ -21,7 +22,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from align.data.errors import DataError
-from align.data.records import CANONICAL_FIELDS, describe, is_messages
+from align.data.formats import MAPPABLE_FIELDS
+from align.data.records import describe, is_messages
 
 FORMATS = ("jsonl", "json", "csv", "parquet", "disk", "hub")
 SUFFIX_FORMATS = {
@@ -39,19 +41,18 @@ class RawRow(NamedTuple):
 
 
 def detect_format(path: str) -> str:
-    """Guess the format: save_to_disk directory by its marker files, files by extension, else a hub id."""
+    """Guess the file type: save_to_disk directory by its marker files, files by extension, else a hub dataset.
+
+    A directory without save_to_disk markers is a local copy of a hub dataset's repository.
+    """
     p = Path(path)
     if p.is_dir():
-        if any((p / marker).exists() for marker in DISK_MARKERS):
-            return "disk"
-        raise DataError(
-            path, "is a directory but not a datasets.save_to_disk one (no dataset_info.json or dataset_dict.json)"
-        )
+        return "disk" if any((p / marker).exists() for marker in DISK_MARKERS) else "hub"
     suffix = p.suffix.lower()
     if suffix in SUFFIX_FORMATS:
         return SUFFIX_FORMATS[suffix]
     if p.exists():
-        hint = f"set format to one of {', '.join(FORMATS)}"
+        hint = f"set the file type (data.file_type) to one of {', '.join(FORMATS)}"
         raise DataError(path, f"cannot guess the format from the extension {suffix or '(none)'!r}; {hint}")
     return "hub"
 
@@ -64,7 +65,7 @@ def read_rows(
     _check_mapping(path, columns)
     fmt = detect_format(path) if format == "auto" else format
     if fmt not in FORMATS:
-        raise DataError(path, f"unknown format {fmt!r}; expected one of auto, {', '.join(FORMATS)}")
+        raise DataError(path, f"unknown file type {fmt!r}; expected one of auto, {', '.join(FORMATS)}")
     if fmt != "hub" and not Path(path).exists():
         raise DataError(path, "file not found")
     if fmt == "jsonl":
@@ -84,10 +85,10 @@ def read_rows(
 
 def _check_mapping(path: str, columns: dict[str, str]) -> None:
     for canon in columns:
-        if canon not in CANONICAL_FIELDS:
-            close = difflib.get_close_matches(canon, sorted(CANONICAL_FIELDS), n=1)
-            known = ", ".join(sorted(CANONICAL_FIELDS))
-            hint = f"; did you mean '{close[0]}'?" if close else f"; canonical fields: {known}"
+        if canon not in MAPPABLE_FIELDS:
+            close = difflib.get_close_matches(canon, sorted(MAPPABLE_FIELDS), n=1)
+            known = ", ".join(sorted(MAPPABLE_FIELDS))
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known fields: {known}"
             raise DataError(path, f"columns maps unknown field '{canon}'{hint}")
 
 
@@ -162,9 +163,9 @@ def _read_csv(path: str) -> Iterator[RawRow]:
                 yield RawRow(where, dict(rec))
 
 
-_CSV_LIST_FIELDS = {"messages", "responses", "ranks"}
+_CSV_LIST_FIELDS = {"messages", "responses", "ranks", "completions"}
 _CSV_CHAT_FIELDS = {"prompt", "completion", "chosen", "rejected"}
-_CSV_NUMBER_FIELDS = {"score", "margin"}
+_CSV_NUMBER_FIELDS = {"score", "margin", "score_chosen", "score_rejected", "score_A", "score_B", "labels"}
 
 
 def _decode_csv(row: dict[str, Any]) -> dict[str, Any]:

@@ -75,14 +75,16 @@ def describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def _get(row: dict[str, Any], field: str, where: str) -> Any:
+def need(row: dict[str, Any], field: str, where: str) -> Any:
+    """``row[field]``, or a DataError that lists the fields the row does have."""
     if field not in row:
         have = ", ".join(sorted(row)) or "nothing"
         raise DataError(where, f"missing (row has: {have})", field)
     return row[field]
 
 
-def _text(value: Any, where: str, field: str) -> str:
+def check_text(value: Any, where: str, field: str) -> str:
+    """A non-empty string, or a DataError naming ``field``."""
     if not isinstance(value, str) or not value.strip():
         raise DataError(where, f"expected a non-empty string, got {describe(value)}", field)
     return value
@@ -93,7 +95,8 @@ def is_messages(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(m, dict) for m in value)
 
 
-def _messages(value: Any, where: str, field: str, *, assistant_only: bool = False) -> Messages:
+def check_messages(value: Any, where: str, field: str, *, assistant_only: bool = False) -> Messages:
+    """Messages reduced to role and content; a bad one is a DataError naming ``field[i].role`` or ``.content``."""
     if not is_messages(value):
         raise DataError(where, f"expected a list of messages {{role, content}}, got {describe(value)}", field)
     out: Messages = []
@@ -110,30 +113,31 @@ def _messages(value: Any, where: str, field: str, *, assistant_only: bool = Fals
 
 
 def _prompt(row: dict[str, Any], where: str) -> Prompt:
-    value = _get(row, "prompt", where)
+    value = need(row, "prompt", where)
     if isinstance(value, str) and value.strip():
         return value
     if isinstance(value, list) and value:
-        return _messages(value, where, "prompt")
+        return check_messages(value, where, "prompt")
     raise DataError(where, f"expected a non-empty string or a list of messages, got {describe(value)}", "prompt")
 
 
 def _completion(row: dict[str, Any], field: str, prompt: Prompt, where: str) -> Prompt:
     """A completion in the prompt's form (TRL needs both strings or both message lists)."""
-    value = _get(row, field, where)
+    value = need(row, field, where)
     if isinstance(value, str) and value.strip():
         return value if isinstance(prompt, str) else [{"role": "assistant", "content": value}]
     if isinstance(value, list) and value:
         if isinstance(prompt, str):
             raise DataError(where, "is a list of messages but 'prompt' is a string; use one form for both", field)
-        msgs = _messages(value, where, field, assistant_only=True)
+        msgs = check_messages(value, where, field, assistant_only=True)
         if not any(m["content"].strip() for m in msgs):
             raise DataError(where, "all assistant messages are empty", field)
         return msgs
     raise DataError(where, f"expected a non-empty string or a list of messages, got {describe(value)}", field)
 
 
-def _finite(value: Any, where: str, field: str) -> float:
+def check_finite(value: Any, where: str, field: str) -> float:
+    """A finite number as float (booleans refused), or a DataError naming ``field``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise DataError(where, f"expected a finite number, got {describe(value)}", field)
     return float(value)
@@ -144,7 +148,7 @@ def _finite(value: Any, where: str, field: str) -> float:
 
 def _sft(row: dict[str, Any], where: str) -> dict[str, Any]:
     if row.get("messages") is not None:
-        msgs = _messages(row["messages"], where, "messages")
+        msgs = check_messages(row["messages"], where, "messages")
         if not any(m["role"] == "assistant" for m in msgs):
             raise DataError(where, "needs at least one assistant turn to train on", "messages")
         return {"messages": msgs}
@@ -152,7 +156,7 @@ def _sft(row: dict[str, Any], where: str) -> dict[str, Any]:
         prompt = _prompt(row, where)
         return {"prompt": prompt, "completion": _completion(row, "completion", prompt, where)}
     if "text" in row:
-        return {"text": _text(row["text"], where, "text")}
+        return {"text": check_text(row["text"], where, "text")}
     have = ", ".join(sorted(row)) or "nothing"
     detail = f"missing; an sft row needs 'messages', 'prompt'+'completion' or 'text' (row has: {have})"
     raise DataError(where, detail, "messages")
@@ -169,7 +173,7 @@ def _preference(row: dict[str, Any], where: str) -> dict[str, Any]:
         "prompt": prompt,
         "chosen": chosen,
         "rejected": rejected,
-        "margin": 0.0 if margin is None else _finite(margin, where, "margin"),
+        "margin": 0.0 if margin is None else check_finite(margin, where, "margin"),
     }
 
 
@@ -183,11 +187,11 @@ def _rank(value: Any, where: str, i: int) -> int:
 
 def _ranking(row: dict[str, Any], where: str) -> dict[str, Any]:
     prompt = _prompt(row, where)
-    responses = _get(row, "responses", where)
+    responses = need(row, "responses", where)
     if not isinstance(responses, list) or len(responses) < 2:
         raise DataError(where, f"expected a list of at least 2 responses, got {describe(responses)}", "responses")
-    responses = [_text(r, where, f"responses[{i}]") for i, r in enumerate(responses)]
-    ranks = _get(row, "ranks", where)
+    responses = [check_text(r, where, f"responses[{i}]") for i, r in enumerate(responses)]
+    ranks = need(row, "ranks", where)
     if not isinstance(ranks, list) or len(ranks) != len(responses):
         detail = f"expected a list of {len(responses)} ranks (one per response), got {describe(ranks)}"
         raise DataError(where, detail, "ranks")
@@ -201,8 +205,8 @@ def _ranking(row: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _rating(row: dict[str, Any], where: str) -> dict[str, Any]:
     prompt = _prompt(row, where)
-    response = _text(_get(row, "response", where), where, "response")
-    return {"prompt": prompt, "response": response, "score": _finite(_get(row, "score", where), where, "score")}
+    response = check_text(need(row, "response", where), where, "response")
+    return {"prompt": prompt, "response": response, "score": check_finite(need(row, "score", where), where, "score")}
 
 
 def _prompt_only(row: dict[str, Any], where: str) -> dict[str, Any]:
