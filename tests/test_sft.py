@@ -91,7 +91,9 @@ def test_partial_keeps_lower_layers_bit_identical(tiny_llama_dir: Path, sft_file
 
 
 class _Interrupt(TrainerCallback):
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+    """Crash once step 4 is logged (after checkpoint-3), as a run killed between checkpoints would."""
+
+    def on_log(self, args, state, control, **kwargs):  # noqa: ANN001
         if state.global_step == 4:
             raise KeyboardInterrupt("simulated crash")
 
@@ -107,8 +109,11 @@ def test_resume_continues_from_last_checkpoint(
         sft_stage.run(recipe)
     assert (out / "checkpoint-3").is_dir() and StageResult.load(out) is None
     monkeypatch.setattr(sft_stage, "trainer_callbacks", original)
-    (out / "metrics.jsonl").unlink()
+    assert [m["step"] for m in read_metrics(out) if "train/loss" in m] == [1, 2, 3, 4]  # step 4 logged, then the crash
     result = sft_stage.run(recipe.model_copy(update={"training": recipe.training.model_copy(update={"resume": True})}))
-    steps = [m["step"] for m in read_metrics(out) if "train/loss" in m]
-    assert steps == [4, 5, 6]  # continued after checkpoint-3, not from 0
+    resumed = [(m["step"], m["train/loss"]) for m in read_metrics(out) if "train/loss" in m]
+    assert [step for step, _ in resumed] == [1, 2, 3, 4, 5, 6]  # step 4 of the crashed run dropped, no step twice
     assert result.metrics["train/steps"] == 6
+    sft_stage.run(make_recipe(tiny_llama_dir, sft_file, tmp_path / "straight", "full", max_steps=6, save_steps=3))
+    straight = [m["train/loss"] for m in read_metrics(tmp_path / "straight") if "train/loss" in m]
+    assert [loss for _, loss in resumed] == pytest.approx(straight, rel=1e-4)  # the same run, interrupted or not
