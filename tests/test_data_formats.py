@@ -26,7 +26,9 @@ FIXTURES = Path(__file__).parent / "fixtures" / "formats"
 # fixture -> (its hand-converted twin, the log line after "<path>: ")
 FORMS = {
     "hh_rlhf": ("hh_rlhf", "HH-RLHF dialogues: 3 rows, prompt = shared prefix -> 3 preference records"),
-    "trl_standard_explicit": ("trl_standard", "TRL standard pairs: 3 rows, prompt = prompt column -> 3 preference records"),
+    "trl_standard_explicit": (
+        "trl_standard", "TRL standard pairs: 3 rows, prompt = prompt column -> 3 preference records"
+    ),
     "trl_standard_implicit": (
         "trl_standard", "TRL standard pairs: 3 rows, prompt = shared prefix (implicit) -> 3 preference records"
     ),
@@ -314,7 +316,7 @@ def test_label_import_takes_each_form_as_items_to_rank() -> None:
     assert hh[1][1]["prompt"][-1] == {"role": "user", "content": "Yes, a small packet."}
     assert [len(item["responses"]) for _, item in read_candidates(str(fixture("ultrafeedback")))] == [3, 2]
     again = read_candidates(str(fixture("hh_rlhf")))
-    assert [item["key"] for _, item in hh] == [item["key"] for _, item in again]  # ids from content: re-import adds none
+    assert [item["key"] for _, item in hh] == [item["key"] for _, item in again]  # ids from content
 
 
 # --------------------------------------------------------------------------- align dpo and align reward on each form

@@ -117,8 +117,10 @@ def _read_valid(
     if not rows:
         if errors:
             why = f"all {n_read} rows were skipped; first error: {errors[0]}"
+        elif n_read:
+            why = f"its {n_read} rows gave no pairs: all tied (tie_policy={cfg.tie_policy!r})"
         else:
-            why = f"its {n_read} rows gave no pairs: all tied (tie_policy={cfg.tie_policy!r})" if n_read else "it holds no rows"
+            why = "it holds no rows"
         raise DataError(path, f"no valid {kind} records ({why})")
     logger.info("%s", source.describe(n_read - len(errors), len(rows), kind))
     return rows, n_read, len(errors)

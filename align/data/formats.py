@@ -267,7 +267,8 @@ def _ultrafeedback(row: Row, where: str, kind: RecordKind, cfg: DataConfig) -> R
     completions = need(row, "completions", where)
     least = 1 if kind == "rating" else 2
     if not isinstance(completions, list) or len(completions) < least:
-        raise DataError(where, f"expected a list of at least {least} completions, got {describe(completions)}", "completions")
+        detail = f"expected a list of at least {least} completions, got {describe(completions)}"
+        raise DataError(where, detail, "completions")
     responses, scores = [], []
     for i, completion in enumerate(completions):
         field = f"completions[{i}]"
@@ -311,7 +312,8 @@ def _shp(row: Row, where: str, kind: RecordKind, cfg: DataConfig) -> Rows:
     upvotes = [_upvotes(row, name, where) for name in ("score_A", "score_B")]
     label = row.get("labels")
     if label is not None and label != int(upvotes[0] > upvotes[1]):
-        detail = f"says {'A' if label == 1 else 'B'} is preferred, but score_A={upvotes[0]:g} and score_B={upvotes[1]:g}"
+        preferred = "A" if label == 1 else "B"
+        detail = f"says {preferred} is preferred, but score_A={upvotes[0]:g} and score_B={upvotes[1]:g}"
         raise DataError(where, detail, "labels")
     return scored_to_kind(prompt, responses, [math.log(u) for u in upvotes], kind, cfg.tie_policy)
 
