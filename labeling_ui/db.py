@@ -4,10 +4,15 @@
     postgresql+psycopg://user:pass@host:5432/labels
     postgresql+psycopg://postgres@/labels?host=/run/postgresql&port=5432
 
-Tables: ``users``, ``projects``, ``items`` (one prompt and its responses), ``leases`` (an item
+Tables: ``users`` (``status`` NULL while active, else ``disabled`` or ``removed``: a removed
+user's row stays so their labels stay attributed), ``projects``, ``items`` (one prompt and its responses), ``leases`` (an item
 handed to one annotator, with an expiry and the draft of what they clicked), ``labels`` (one per
 item and annotator: the vote, the shown order, scores, flags), ``sessions`` (logins that outlive
-a server restart). Times are UNIX seconds (float), the same on both databases.
+a server restart). Times are UNIX seconds (float), the same on both databases. A column added
+since a database was created is added to it on open (nullable, so old rows stay valid).
+
+A new SQLite file is created readable by its owner only (0600): it holds password and session
+hashes. SQLite gives its -wal and -shm files the same mode.
 
 SQLite: WAL lets readers run beside the one writer; ``synchronous=FULL`` makes a commit durable
 before it is acknowledged, and every write transaction starts with ``BEGIN IMMEDIATE`` so two
@@ -17,6 +22,9 @@ transaction handling is switched off for that, as the SQLAlchemy docs describe).
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +39,14 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 DEFAULT_DB = "sqlite:///labels.db"
 BUSY_TIMEOUT_MS = 60_000
+logger = logging.getLogger("labeling_ui")
 
 
 class Base(DeclarativeBase):
@@ -50,6 +60,7 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(16))  # annotator | admin
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[float] = mapped_column(Float)
+    status: Mapped[str | None] = mapped_column(String(16), nullable=True)  # None (active) | disabled | removed
 
 
 class Project(Base):
@@ -130,12 +141,44 @@ def normalize_url(db: str | Path) -> str:
 def make_engine(db: str | Path) -> Engine:
     url = normalize_url(db)
     if url.startswith("sqlite"):
+        _private_sqlite_file(url)
         engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
         _sqlite_setup(engine)
     else:
         engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
     Base.metadata.create_all(engine)
+    _add_missing_columns(engine)
     return engine
+
+
+def _private_sqlite_file(url: str) -> None:
+    """Create the database file 0600 before SQLite would create it 0644; warn if an existing one is readable by others."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    try:
+        fd = os.open(database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        mode = stat.S_IMODE(os.stat(database).st_mode)
+        if mode & 0o077:
+            logger.warning("%s is readable by other users (mode %o) and holds password hashes: chmod 600 %s",
+                           database, mode, database)
+        return
+    os.close(fd)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Add the nullable columns a database made by an older version lacks (``ALTER TABLE ... ADD COLUMN``)."""
+    tables = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        present = {column["name"] for column in tables.get_columns(table.name)}
+        missing = [column for column in table.columns if column.name not in present]
+        if not missing:
+            continue
+        with engine.begin() as conn:
+            for column in missing:
+                conn.exec_driver_sql(
+                    f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(engine.dialect)}")
 
 
 def _sqlite_setup(engine: Engine) -> None:

@@ -8,16 +8,28 @@ to the stored order.
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from align.config import Section
 from align.data import DataError, validate_row
-from align.data.records import describe
+from align.data.records import FormChecker, describe
+from labeling_ui.errors import LabelError
 
 PairChoice = Literal["a", "b", "tie", "both_bad"]
 PAIR_CHOICES: tuple[str, ...] = ("a", "b", "tie", "both_bad")
+
+# A project name becomes part of a file name (admin export): a slug, so it can never be a path.
+PROJECT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# Column sizes in labeling_ui.db: checked here so SQLite (which ignores them) and PostgreSQL agree.
+MAX_PROJECT_NAME = 128
+MAX_ITEM_ID = 255
+MAX_SKIP_REASON = 200
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL and lone surrogates
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # ... and every control character
 
 DEFAULT_GUIDELINES = """\
 Read the prompt, then every response in full.
@@ -32,9 +44,9 @@ Read the prompt, then every response in full.
 
 class ScoreSettings(Section):
     enabled: bool = Field(False, description="Show a score slider under each response.")
-    minimum: float = Field(1.0, description="Lowest score.")
-    maximum: float = Field(7.0, description="Highest score.")
-    step: float = Field(0.1, gt=0, description="Slider step.")
+    minimum: float = Field(1.0, allow_inf_nan=False, description="Lowest score.")
+    maximum: float = Field(7.0, allow_inf_nan=False, description="Highest score.")
+    step: float = Field(0.1, gt=0, allow_inf_nan=False, description="Slider step.")
     required: bool = Field(False, description="A vote needs a score for every response.")
 
     @model_validator(mode="after")
@@ -58,7 +70,61 @@ class ProjectConfig(Section):
         min_length=1,
         description="Reasons offered when skipping an item.",
     )
-    session_hours: float = Field(12.0, gt=0, description="A login stays valid this long, across server restarts.")
+    session_hours: float = Field(12.0, gt=0, allow_inf_nan=False, description="A login stays valid this long, across server restarts.")
+
+
+# --------------------------------------------------------------------------- names and stored text
+
+
+def text_problem(text: str, max_length: int, *, controls: bool = False) -> str | None:
+    """Why ``text`` cannot be stored as a name or id on both databases (None if it can).
+
+    PostgreSQL refuses NUL bytes, lone surrogates (not UTF-8) and strings longer than the column;
+    SQLite takes all three, so both are held to the stricter rule here. ``controls`` also refuses
+    every control character (a newline in an id would break the lines it is shown in).
+    """
+    if len(text) > max_length:
+        return f"{len(text)} characters, at most {max_length} allowed"
+    bad = (_CONTROLS if controls else _UNSTORABLE).search(text)
+    if bad:
+        return f"contains the character U+{ord(bad.group()):04X} at position {bad.start()}"
+    return None
+
+
+def check_project_name(name: str) -> str:
+    """``name`` if it is a safe slug for a new project; LabelError otherwise."""
+    if not PROJECT_NAME.fullmatch(name):
+        shown = name if len(name) <= 80 else name[:80] + "..."
+        raise LabelError(
+            f"project name {shown!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit "
+            "(it becomes part of file names)"
+        )
+    return name
+
+
+def storable(value: Any, where: str, field: str) -> None:
+    """Refuse, naming the field, what a JSON column cannot hold on PostgreSQL: NaN/Infinity, lone surrogates."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DataError(where, f"{value} is not a finite number (JSON has no NaN or Infinity)", field)
+    if isinstance(value, str) and (problem := text_problem(value, len(value))):
+        raise DataError(where, f"not valid text: {problem}", field)
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            storable(str(key), where, field)
+            storable(inner, where, f"{field}.{key}")
+    elif isinstance(value, list):
+        for i, inner in enumerate(value):
+            storable(inner, where, f"{field}[{i}]")
+
+
+class PromptForms(FormChecker):
+    """One prompt form per project (all strings or all message lists), as its exports need."""
+
+    def __init__(self) -> None:
+        super().__init__("prompt")
+
+    def check_prompt(self, prompt: Any, where: str) -> None:
+        self.check({"prompt": prompt}, where)
 
 
 # --------------------------------------------------------------------------- candidates
@@ -77,6 +143,8 @@ def parse_candidate(row: Any, where: str) -> dict[str, Any]:
     key = row["id"]
     if isinstance(key, bool) or not isinstance(key, (str, int)) or not str(key).strip():
         raise DataError(where, f"expected a non-empty string or integer, got {describe(key)}", "id")
+    if problem := text_problem(str(key), MAX_ITEM_ID, controls=True):
+        raise DataError(where, problem, "id")
     prompt = validate_row("prompt", row, where)["prompt"]
     responses = row.get("responses")
     if not isinstance(responses, list) or not responses:
@@ -95,6 +163,8 @@ def parse_candidate(row: Any, where: str) -> dict[str, Any]:
         extra = {k: v for k, v in resp.items() if k not in ("text", "model")}
         parsed.append({"text": text, "model": model, **({"meta": extra} if extra else {})})
     meta = {k: v for k, v in row.items() if k not in ("id", "prompt", "responses")}
+    for name, value in (("prompt", prompt), ("responses", parsed), ("meta", meta)):
+        storable(value, where, name)
     return {"key": str(key), "prompt": prompt, "responses": parsed, "meta": meta}
 
 
@@ -140,6 +210,20 @@ class Vote(Section):
     scores: list[float | None] | None = Field(None, description="Score per shown response, or None where not given.")
     flags: list[str] = Field(default_factory=list)
     skip_reason: str | None = None
+
+    @field_validator("item")
+    @classmethod
+    def _storable_id(cls, item: str) -> str:
+        if problem := text_problem(item, MAX_ITEM_ID):
+            raise ValueError(problem)
+        return item
+
+    @field_validator("skip_reason")
+    @classmethod
+    def _storable_reason(cls, reason: str | None) -> str | None:
+        if reason is not None and (problem := text_problem(reason, MAX_SKIP_REASON, controls=True)):
+            raise ValueError(problem)
+        return reason
 
     @model_validator(mode="after")
     def _one_action(self) -> Vote:

@@ -13,6 +13,10 @@ a server restart resumes it, draft clicks included). Leasing is serialised per p
 ``FOR UPDATE`` lock on the project row on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so two
 annotators asking at once cannot push an item past K.
 
+Users. A password change ends the user's logins; ``disable_user`` ends them and refuses the
+user from the next request on (``add_user(..., update=True)`` enables them again);
+``remove_user`` does the same for good, and keeps the row so their labels stay attributed.
+
 Labels are keyed by (item, annotator): a second vote on the same item revises the label (its
 ``revision`` goes up), it never adds a row. A vote needs the annotator's lease on the item or an
 earlier label of theirs (a revision); an expired lease still counts, so late work is kept even
@@ -22,6 +26,7 @@ if it takes an item past K. Skips count against nobody's K but keep the item fro
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import re
 import secrets
@@ -55,7 +60,16 @@ from labeling_ui.passwords import (
     hash_password,
     verify_password,
 )
-from labeling_ui.schemas import ProjectConfig, Vote
+from labeling_ui.schemas import (
+    MAX_ITEM_ID,
+    MAX_PROJECT_NAME,
+    ProjectConfig,
+    PromptForms,
+    Vote,
+    check_project_name,
+    labelable_responses,
+    text_problem,
+)
 
 T = TypeVar("T")
 ROLES = ("annotator", "admin")
@@ -68,6 +82,7 @@ class UserInfo:
     id: int
     name: str
     role: str
+    status: str | None = None  # None while active, else "disabled" or "removed"
 
     @property
     def is_admin(self) -> bool:
@@ -178,10 +193,10 @@ class LabelStore:
     # ----------------------------------------------------------------------- lookups
 
     def _project(self, session: Session, name: str, lock: bool = False) -> Project:
-        query = select(Project).where(Project.name == name)
-        if lock:
-            query = query.with_for_update()
-        project = session.scalars(query).first()
+        project = None
+        if text_problem(name, MAX_PROJECT_NAME) is None:  # else no such project can exist: PostgreSQL would raise
+            query = select(Project).where(Project.name == name)
+            project = session.scalars(query.with_for_update() if lock else query).first()
         if project is None:
             known = session.scalars(select(Project.name).order_by(Project.name)).all()
             listing = ", ".join(known) if known else "none yet"
@@ -191,37 +206,39 @@ class LabelStore:
             )
         return project
 
-    def _user(self, session: Session, name: str) -> User:
-        user = session.scalars(select(User).where(User.name == name)).first()
+    def _user(self, session: Session, name: str, *, active: bool = True) -> User:
+        """The user called ``name``; with ``active``, refused once disabled or removed."""
+        user = session.scalars(select(User).where(User.name == name)).first() if USER_NAME.fullmatch(name) else None
         if user is None:
-            raise NotAllowed(f"unknown user '{name}'")
+            raise NotAllowed(f"unknown user '{name[:80]}'")
+        if active and user.status is not None:
+            raise NotAllowed(f"user '{name}' is {user.status}")
         return user
 
     def _item(self, session: Session, project: Project, key: str) -> Item:
-        item = session.scalars(select(Item).where(Item.project_id == project.id, Item.key == key)).first()
+        item = None
+        if text_problem(key, MAX_ITEM_ID) is None:
+            item = session.scalars(select(Item).where(Item.project_id == project.id, Item.key == key)).first()
         if item is None:
-            raise LabelError(f"no item '{key}' in project '{project.name}'")
+            raise LabelError(f"no item '{key[:80]}' in project '{project.name}'")
         return item
 
     # ----------------------------------------------------------------------- projects
 
     def create_project(self, name: str, config: ProjectConfig | None = None, *, update: bool = False) -> ProjectConfig:
         """Create project ``name`` (or, with ``update``, replace an existing project's config); return its config."""
-        if not name.strip():
-            raise LabelError("a project needs a non-empty name")
+        return self._transact(lambda s: ProjectConfig.model_validate(self._upsert_project(s, name, config, update).config))
 
-        def work(session: Session) -> ProjectConfig:
-            project = session.scalars(select(Project).where(Project.name == name)).first()
-            if project is None:
-                cfg = config or ProjectConfig()
-                session.add(Project(name=name, config=cfg.model_dump(mode="json"), created_at=time.time()))
-                return cfg
-            if update and config is not None:
-                project.config = config.model_dump(mode="json")
-                return config
-            return ProjectConfig.model_validate(project.config)
-
-        return self._transact(work)
+    def _upsert_project(self, session: Session, name: str, config: ProjectConfig | None, update: bool) -> Project:
+        """Project ``name``, created (a safe slug only) if missing; ``config`` replaces its config when ``update``."""
+        project = session.scalars(select(Project).where(Project.name == check_project_name(name))).first()
+        if project is None:
+            project = Project(name=name, config=(config or ProjectConfig()).model_dump(mode="json"), created_at=time.time())
+            session.add(project)
+            session.flush()
+        elif update and config is not None:
+            project.config = config.model_dump(mode="json")
+        return project
 
     def project_config(self, name: str) -> ProjectConfig:
         return self._transact(lambda s: ProjectConfig.model_validate(self._project(s, name).config), write=False)
@@ -237,19 +254,30 @@ class LabelStore:
 
         return self._transact(work, write=False)
 
-    def import_items(self, project: str, rows: list[tuple[str, dict[str, Any]]]) -> ImportReport:
+    def import_items(self, project: str, rows: list[tuple[str, dict[str, Any]]], config: ProjectConfig | None = None,
+                     *, create: bool = False) -> ImportReport:
         """Add parsed candidate rows ``(where, row)`` in one transaction: all of the file or none of it.
 
-        A row whose id is already in the project with the same prompt and responses is left alone
-        (importing a file twice is harmless); with different content it is an error naming the line,
-        so labels already given are never silently attached to other text.
+        With ``create`` a missing project is created, and ``config`` (if given) becomes the project's
+        config, in the same transaction: a failed import changes no setting and leaves no empty
+        project behind. A row whose id is already in the project with the same prompt and responses
+        is left alone (importing a file twice is harmless); with different content it is an error
+        naming the line, so labels already given are never silently attached to other text. Every
+        prompt must have the form (string or messages) of the project's first one, or the project
+        could not be exported.
         """
-        from labeling_ui.schemas import labelable_responses
 
         def work(session: Session) -> ImportReport:
-            proj = self._project(session, project)
+            if create:
+                proj = self._upsert_project(session, project, config, update=True)
+            else:
+                proj = self._project(session, project)
             report = ImportReport()
-            existing = {item.key: item for item in session.scalars(select(Item).where(Item.project_id == proj.id))}
+            existing = {item.key: item for item in session.scalars(
+                select(Item).where(Item.project_id == proj.id).order_by(Item.id))}
+            forms = PromptForms()
+            for item in list(existing.values())[:1]:
+                forms.check_prompt(item.prompt, item.source)
             seen: dict[str, str] = {}
             now = time.time()
             for where, row in rows:
@@ -275,11 +303,15 @@ class LabelStore:
                     why = f"{len(responses)} labelable response(s) after dropping {n_empty} empty and merging {n_merged} identical"
                     report.skipped.append(f"{where}: id '{key}': {why}; nothing to compare")
                     continue
+                forms.check_prompt(row["prompt"], where)
                 session.add(
                     Item(project_id=proj.id, key=key, prompt=row["prompt"], responses=responses, meta=row["meta"],
                          source=where, created_at=now)
                 )
                 report.added += 1
+            if not existing and not report.added:
+                raise LabelError(f"project '{project}': no item in the file can be labeled "
+                                 f"({len(report.skipped)} left out), so nothing was imported")
             return report
 
         return self._transact(work)
@@ -299,36 +331,59 @@ class LabelStore:
 
         def work(session: Session) -> UserInfo:
             user = session.scalars(select(User).where(User.name == name)).first()
+            if user is not None and user.status == "removed":
+                raise LabelError(f"user '{name}' was removed and their labels keep that name; choose another name")
             if user is not None and not update:
                 raise LabelError(f"user '{name}' exists; pass --update to change their password or role")
             if user is None:
                 user = User(name=name, role=role, password_hash=hashed, created_at=time.time())
                 session.add(user)
                 session.flush()
-            else:
-                user.role, user.password_hash = role, hashed
-            return UserInfo(user.id, user.name, user.role)
+            else:  # a new password (or role) ends every login made with the old one
+                user.role, user.password_hash, user.status = role, hashed, None
+                session.execute(delete(LoginSession).where(LoginSession.user_id == user.id))
+            return _info(user)
+
+        return self._transact(work)
+
+    def disable_user(self, name: str) -> UserInfo:
+        """End ``name``'s logins and leases and refuse them from now on; ``add_user(..., update=True)`` undoes it."""
+        return self._end_user(name, "disabled")
+
+    def remove_user(self, name: str) -> UserInfo:
+        """Like ``disable_user``, for good: the password is wiped and the name is never reused (labels stay attributed)."""
+        return self._end_user(name, "removed")
+
+    def _end_user(self, name: str, status: str) -> UserInfo:
+        def work(session: Session) -> UserInfo:
+            user = self._user(session, name, active=False)
+            if user.status == "removed":
+                raise LabelError(f"user '{name}' was already removed")
+            user.status = status
+            if status == "removed":
+                user.password_hash = "removed"  # matches no password
+            session.execute(delete(LoginSession).where(LoginSession.user_id == user.id))
+            session.execute(delete(Lease).where(Lease.user_id == user.id))  # their held items go back to the pool
+            return _info(user)
 
         return self._transact(work)
 
     def authenticate(self, name: str, password: str) -> bool:
-        """True for the right password; an unknown name costs the same time as a wrong password."""
-        stored = self._transact(
-            lambda s: s.scalars(select(User.password_hash).where(User.name == name)).first(), write=False
-        )
+        """True for the right password of an active user; any other name costs the same time as a wrong password."""
+        stored = None
+        if USER_NAME.fullmatch(name):
+            stored = self._transact(lambda s: s.scalars(
+                select(User.password_hash).where(User.name == name, User.status.is_(None))).first(), write=False)
         ok = verify_password(password, stored or DUMMY_HASH)
         return ok and stored is not None
 
     def user(self, name: str) -> UserInfo:
-        def work(session: Session) -> UserInfo:
-            user = self._user(session, name)
-            return UserInfo(user.id, user.name, user.role)
-
-        return self._transact(work, write=False)
+        """An active user; NotAllowed for an unknown, disabled or removed one."""
+        return self._transact(lambda s: _info(self._user(s, name)), write=False)
 
     def users(self) -> list[UserInfo]:
         rows = self._transact(lambda s: list(s.scalars(select(User).order_by(User.name))), write=False)
-        return [UserInfo(u.id, u.name, u.role) for u in rows]
+        return [_info(u) for u in rows]
 
     def setting(self, key: str, default: Callable[[], str]) -> str:
         """A value kept in the database, created from ``default()`` on first use."""
@@ -356,7 +411,8 @@ class LabelStore:
             query = (
                 select(User.name)
                 .join(LoginSession, LoginSession.user_id == User.id)
-                .where(LoginSession.token_hash == _digest(token), LoginSession.expires_at > time.time())
+                .where(LoginSession.token_hash == _digest(token), LoginSession.expires_at > time.time(),
+                       User.status.is_(None))
             )
             return session.scalars(query).first()
 
@@ -458,7 +514,7 @@ class LabelStore:
             lease = session.scalars(select(Lease).where(Lease.item_id == target.id, Lease.user_id == person.id)).first()
             if lease is None:
                 return False
-            lease.draft = {k: v for k, v in draft.items() if k in ("flags", "ranks", "scores")}
+            lease.draft = _kept_draft(draft, len(target.responses), ProjectConfig.model_validate(proj.config))
             return True
 
         return self._transact(work)
@@ -682,6 +738,26 @@ def parse_vote(**fields: Any) -> Vote:
             f"{'.'.join(map(str, e['loc'])) or 'vote'}: {e['msg'].removeprefix('Value error, ')}" for e in err.errors()
         )
         raise LabelError(f"invalid vote: {problems}") from None
+
+
+def _kept_draft(draft: dict[str, Any], n: int, config: ProjectConfig) -> dict[str, Any]:
+    """The clicks worth keeping: known flags, at most ``n`` ranks in 1..n and ``n`` finite scores (else None).
+
+    Drafts come unchecked from the browser; this keeps junk (and NaN, which PostgreSQL's JSON
+    refuses) out of the database.
+    """
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    return {
+        "flags": [f for f in draft.get("flags") or [] if f in config.flags],
+        "ranks": [int(r) if number(r) and r == int(r) and 1 <= r <= n else None for r in (draft.get("ranks") or [])[:n]],
+        "scores": [v if number(v) else None for v in (draft.get("scores") or [])[:n]],
+    }
+
+
+def _info(user: User) -> UserInfo:
+    return UserInfo(user.id, user.name, user.role, user.status)
 
 
 def new_token() -> str:

@@ -382,3 +382,151 @@ def test_sigkill_mid_stream_loses_nothing_acknowledged(db_url: str) -> None:
     resumed = after.next_task("proj", "w")
     last_leased = leased[-1]
     assert resumed.item == last_leased or last_leased in in_db
+
+
+# --------------------------------------------------------------------------- hostile input (issue 13)
+
+
+BAD_PROJECT_NAMES = ["../../etc", "a/b", "/abs/path", ".", "..", "x" * 300, "", "a\x00b", "a b", "-lead", "p" * 65]
+
+
+def test_project_names_are_slugs_and_odd_lookups_never_reach_the_database(db_url: str) -> None:
+    store = LabelStore(db_url)
+    for name in BAD_PROJECT_NAMES:
+        with pytest.raises(LabelError, match="project name .*: use 1-64 letters"):
+            store.create_project(name)
+        with pytest.raises(LabelError, match="project name"):
+            store.import_items(name, [("c:1", parse_candidate({"id": 1, "prompt": "q", "responses": ["x", "y"]}, "c:1"))],
+                               create=True)
+    assert store.projects() == []
+    store.create_project("demo-1.v2_x")
+    # Names PostgreSQL could not even compare (NUL, over the column's 128) are unknown projects on both backends.
+    for name in ("p" * 200, "a\x00b", "\ud800"):
+        with pytest.raises(UnknownProject, match="projects: demo-1.v2_x"):
+            store.next_task(name, "a")
+
+
+def test_ids_and_texts_are_checked_alike_on_both_databases(db_url: str) -> None:
+    store = seed(db_url, n_items=1, k=1, users=("a",))
+
+    def candidate(**change) -> tuple[str, dict]:
+        raw = {"id": "ok", "prompt": "q", "responses": ["x", "y"], **change}
+        return "c.jsonl:7", parse_candidate(raw, "c.jsonl:7")
+
+    refused = {
+        "i" * 256: r"c.jsonl:7: field 'id': 256 characters, at most 255 allowed",
+        "a\x00b": r"c.jsonl:7: field 'id': contains the character U\+0000 at position 1",
+        "two\nlines": r"field 'id': contains the character U\+000A",
+    }
+    for key, message in refused.items():
+        with pytest.raises(DataError, match=message):
+            candidate(id=key)
+    with pytest.raises(DataError, match=r"field 'meta.score': nan is not a finite number"):
+        candidate(score=float("nan"))
+    with pytest.raises(DataError, match=r"field 'responses\[1\].text': not valid text: contains the character U\+D800"):
+        candidate(responses=["x", "bad \ud800"])
+    # Votes and lookups with such strings are clear refusals, never a database error.
+    with pytest.raises(LabelError, match="item: 256 characters"):
+        parse_vote(item="i" * 256, choice="a")
+    with pytest.raises(LabelError, match=r"skip_reason: contains the character U\+0000"):
+        parse_vote(item="item000", skip_reason="x\x00")
+    with pytest.raises(NotAllowed, match="unknown user"):
+        store.next_task("proj", "a\x00")
+    with pytest.raises(LabelError, match="no item"):
+        store.own_task("proj", "a", "k" * 300)
+    assert not store.authenticate("a\x00", "pw-a-secret") and not store.authenticate("a" * 300, "pw-a-secret")
+    # A draft from the browser keeps known flags, in-range ranks and finite scores only (NaN breaks PostgreSQL JSON).
+    task = store.next_task("proj", "a")
+    assert store.save_draft("proj", "a", task.item, {"flags": ["unsafe", "x\x00"], "ranks": [2, 99, 1],
+                                                     "scores": [float("nan"), float("inf"), 3.5]})
+    assert store.next_task("proj", "a").draft == {"flags": ["unsafe"], "ranks": [2, None], "scores": [None, None]}
+    longest = "i" * 255
+    assert store.import_items("proj", [candidate(id=longest)]).added == 1
+    assert label_everything(store, "a") == ["item000", longest]
+
+
+def test_import_with_config_is_all_or_nothing(db_url: str) -> None:
+    store = seed(db_url, n_items=2, k=2, users=("a",))
+    good = ("n:1", parse_candidate({"id": "new", "prompt": "q", "responses": ["x", "y"]}, "n:1"))
+    changed = ("n:2", parse_candidate({"id": "item000", "prompt": "other", "responses": ["x", "y"]}, "n:2"))
+    with pytest.raises(DataError, match="n:2: field 'id': id 'item000' is already in project 'proj'"):
+        store.import_items("proj", [good, changed], ProjectConfig(labels_per_item=5, lease_seconds=7), create=True)
+    cfg = store.project_config("proj")
+    assert (cfg.labels_per_item, cfg.lease_seconds) == (2, 1800)  # the settings did not change
+    assert store.item_counts("proj")["total"] == 2
+    with pytest.raises(DataError):
+        store.import_items("fresh", [good, good], ProjectConfig(labels_per_item=1), create=True)  # id twice
+    one = ("s:1", parse_candidate({"id": "s", "prompt": "q", "responses": ["same", "same"]}, "s:1"))
+    with pytest.raises(LabelError, match="project 'fresh': no item in the file can be labeled"):
+        store.import_items("fresh", [one], create=True)
+    assert store.projects() == ["proj"]  # no empty project left behind
+    report = store.import_items("fresh", [good], ProjectConfig(labels_per_item=1), create=True)
+    assert report.added == 1 and store.project_config("fresh").labels_per_item == 1
+
+
+def test_one_prompt_form_per_project(db_url: str) -> None:
+    store = seed(db_url, n_items=1, k=1, users=("a",))  # string prompts, from cands.jsonl:1
+    chat = [{"role": "user", "content": "Hi?"}]
+    rows = [(f"m:{i}", parse_candidate({"id": f"m{i}", "prompt": chat, "responses": ["x", "y"]}, f"m:{i}"))
+            for i in (1, 2)]
+    with pytest.raises(DataError, match=r"m:1: field 'prompt': is a list of messages but earlier rows "
+                                        r"\(first at cands.jsonl:1\) are a string"):
+        store.import_items("proj", rows)
+    mixed = [rows[0], ("m:3", parse_candidate({"id": "m3", "prompt": "plain", "responses": ["x", "y"]}, "m:3"))]
+    with pytest.raises(DataError, match=r"m:3: field 'prompt': is a string but earlier rows \(first at m:1\)"):
+        store.import_items("chat", mixed, create=True)
+    assert store.import_items("chat", rows, create=True).added == 2
+
+
+def test_password_change_disable_and_remove_end_logins(db_url: str) -> None:
+    store = seed(db_url, n_items=2, k=1, users=("a", "b"))
+    store.create_session("token-a", "a", hours=12)
+    assert store.session_user("token-a") == "a"
+    store.add_user("a", "annotator", "a new password", update=True)
+    assert store.session_user("token-a") is None  # the old login ended with the old password
+    assert store.authenticate("a", "a new password") and not store.authenticate("a", "pw-a-secret")
+
+    held = store.next_task("proj", "b").item
+    store.submit("proj", "b", parse_vote(item=held, choice="a"))
+    leased = store.next_task("proj", "b").item
+    store.create_session("token-b", "b", hours=12)
+    store.disable_user("b")
+    assert store.session_user("token-b") is None and not store.authenticate("b", "pw-b-secret")
+    with pytest.raises(NotAllowed, match="user 'b' is disabled"):
+        store.user("b")
+    with pytest.raises(NotAllowed, match="user 'b' is disabled"):
+        store.next_task("proj", "b")
+    assert store.next_task("proj", "a").item == leased  # b's lease went back to the pool (K=1)
+    store.add_user("b", "annotator", "b is back again", update=True)  # enables b
+    assert store.authenticate("b", "b is back again") and store.user("b").status is None
+
+    store.remove_user("b")
+    assert not store.authenticate("b", "b is back again")
+    assert {(u.name, u.status) for u in store.users()} == {("a", None), ("b", "removed")}
+    assert [rec["annotator"] for rec in store.label_records("proj")] == ["b"]  # the label stays, attributed
+    with pytest.raises(LabelError, match="user 'b' was removed"):
+        store.add_user("b", "annotator", "someone else now", update=True)
+    with pytest.raises(NotAllowed, match="unknown user 'ghost'"):
+        store.disable_user("ghost")
+
+
+def test_a_database_from_before_user_status_is_upgraded(db_url: str) -> None:
+    store = seed(db_url, n_items=1, k=1, users=("a",))
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE users DROP COLUMN status")
+    store.close()
+    reopened = LabelStore(db_url)
+    assert reopened.authenticate("a", "pw-a-secret")
+    reopened.disable_user("a")
+    assert not reopened.authenticate("a", "pw-a-secret")
+
+
+def test_sqlite_file_is_readable_by_its_owner_only(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "labels.db"
+    store = seed(f"sqlite:///{path}", n_items=1, users=("a",))
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in tmp_path.iterdir()}
+    assert modes == {"labels.db": "0o600", "labels.db-wal": "0o600", "labels.db-shm": "0o600"}
+    store.close()
+    path.chmod(0o644)
+    LabelStore(f"sqlite:///{path}")
+    assert f"{path} is readable by other users (mode 644)" in caplog.text
