@@ -2,7 +2,8 @@
 
     align label serve --project demo --port 7860
 
-Who acts comes from the login (``request.username``), never from a form field. Every click
+Who acts comes from the login (``request.username``), never from a form field; the user is
+looked up on every request, so a disabled user or a changed password takes effect at once. Every click
 that changes something is one store transaction: a vote or skip writes the label of (item,
 annotator); flags, ranks and scores clicked before the vote are kept on the lease as a draft,
 so a browser refresh or a server restart resumes the same item with the same clicks. Logins
@@ -16,12 +17,20 @@ API endpoints (all need a login; gradio_client: ``Client(url, auth=(name, passwo
   ``/current``: back to the held item; ``/open_item`` (item): one of the annotator's own labels;
   ``/my_labels``; ``/draft``.
 - admin only: ``/admin_refresh`` (progress per annotator, agreement), ``/admin_export``.
+
+Text from users and candidate files (item ids, skip reasons) is escaped wherever it reaches
+Markdown or an error toast (which Gradio renders as HTML), so an id cannot become a link or an
+image. Failed logins are throttled (``labeling_ui.logins``).
 """
 
 from __future__ import annotations
 
+import html
 import json
 import logging
+import math
+import re
+import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator, MutableMapping
@@ -30,16 +39,18 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from labeling_ui.agreement import format_summary, project_agreement
 from labeling_ui.errors import LabelError, NotAllowed
 from labeling_ui.export import ExportOptions, export_project
+from labeling_ui.logins import LoginGuard, LoginThrottle
 from labeling_ui.schemas import PAIR_CHOICES, ProjectConfig
 from labeling_ui.store import LabelStore, Task, UserInfo, new_token, parse_vote
 
 logger = logging.getLogger("labeling_ui")
 
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+EXPORT_FORMATS = ("jsonl", "json", "parquet")  # what gr.File can hand over: one file
 PAIR_BUTTONS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
 SHORTCUTS = {"1": "a", "2": "b", "3": "tie", "4": "both_bad", "a": "a", "b": "b", "t": "tie", "x": "both_bad"}
 BUTTON_LABELS = {choice: f"{label}  [{key}]" for choice, label in PAIR_BUTTONS.items()
@@ -63,35 +74,58 @@ document.addEventListener('keydown', (event) => {
 """.replace("__KEYS__", json.dumps({key: f"vote-{choice.replace('_', '-')}" for key, choice in SHORTCUTS.items()}))
 
 
-class StoredLogins(MutableMapping):
-    """Gradio's login tokens (token -> user name), kept hashed in the database so logins survive a restart."""
+def response_name(index: int) -> str:
+    """A, B, ..., Z, AA, AB, ... (as spreadsheet columns): every response has a name, however many there are."""
+    name = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        name = chr(ord("A") + rest) + name
+    return name
 
-    CACHE_SECONDS = 5.0
+
+def md_text(text: str) -> str:
+    """``text`` shown as itself in Markdown: line breaks flattened, every ASCII punctuation backslash-escaped.
+
+    CommonMark lets any ASCII punctuation be escaped, so no backtick, bracket, ``<`` or ``:`` can
+    start a code span, link, autolink or HTML tag. A code span is no shelter: an id holding a
+    backtick closes it.
+    """
+    flat = re.sub(r"[\x00-\x1f\x7f-\x9f]+", " ", text)
+    return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", flat)
+
+
+def _error(message: str) -> gr.Error:
+    """An error toast; Gradio renders its message as HTML, so the message is escaped."""
+    return gr.Error(html.escape(message, quote=False), print_exception=False)
+
+
+class StoredLogins(MutableMapping):
+    """Gradio's login tokens (token -> user name), kept hashed in the database so logins survive a restart.
+
+    Every lookup asks the database (no cache), so a revoked login ends on its next request.
+    """
 
     def __init__(self, store: LabelStore, hours: float) -> None:
         self.store, self.hours = store, hours
-        self.local: dict[str, tuple[str, float]] = {}  # tokens seen by this process, for iteration and a short cache
+        self.local: set[str] = set()  # tokens seen by this process, for iteration
 
     def __getitem__(self, token: str) -> str:
         if not isinstance(token, str):
             raise KeyError(token)
-        cached = self.local.get(token)
-        if cached is not None and time.monotonic() - cached[1] < self.CACHE_SECONDS:
-            return cached[0]
         name = self.store.session_user(token)
         if name is None:
-            self.local.pop(token, None)
+            self.local.discard(token)
             raise KeyError(token)
-        self.local[token] = (name, time.monotonic())
         return name
 
     def __setitem__(self, token: str, name: str) -> None:
         self.store.create_session(token, name, self.hours)
-        self.local[token] = (name, time.monotonic())
+        self.local.add(token)
 
     def __delitem__(self, token: str) -> None:
         self.store.drop_session(token)
-        self.local.pop(token, None)
+        self.local.discard(token)
 
     def __iter__(self) -> Iterator[str]:
         return iter(list(self.local))
@@ -125,7 +159,7 @@ class View:
         note = message or self._note(task)
         out = [
             task.item,
-            f"{head} · item `{task.item}`",
+            f"{head} · item {md_text(task.item)}",
             gr.update(value=_prompt_text(task.prompt), visible=True),
             gr.update(visible=n == 2),
             gr.update(visible=n > 2),
@@ -147,7 +181,7 @@ class View:
         mid = (score_cfg.minimum + score_cfg.maximum) / 2
         return [
             gr.update(visible=visible),
-            gr.update(value=text or "", label=f"Response {LETTERS[index]}"),
+            gr.update(value=text or "", label=f"Response {response_name(index)}"),
             gr.update(visible=visible and n > 2, choices=list(range(1, max(n, 2) + 1)), value=rank),
             gr.update(visible=visible and score_cfg.enabled, value=mid if score is None else score),
         ]
@@ -157,12 +191,12 @@ class View:
         if task.label is None:
             return ""
         if task.label["status"] == "skipped":
-            what = f"you skipped it ({task.label['skip_reason']})"
+            what = f"you skipped it ({md_text(task.label['skip_reason'] or '')})"
         elif task.label["choice"] == "ranked":
             what = "your ranks are filled in below"
         else:
             what = f"you chose **{PAIR_BUTTONS[task.label['choice']]}**"
-        return (f"Revising your label on item `{task.item}` (revision {task.label['revision']}): {what}. "
+        return (f"Revising your label on item {md_text(task.item)} (revision {task.label['revision']}): {what}. "
                 "Vote again to change it, or go back to your current item.")
 
 
@@ -183,10 +217,45 @@ def _scores(raw: str | None, n_max: int) -> list[float | None] | None:
     if values is None:
         return None
     if not isinstance(values, list) or len(values) > n_max or any(
-        v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))) for v in values
+        v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v))
+        for v in values
     ):
         raise LabelError(f"scores must be a JSON list of numbers or nulls, got {raw[:80]!r}")
     return values if any(v is not None for v in values) else None
+
+
+class ExportFolder:
+    """Where admin exports are written for Gradio to hand out: one folder per server, removed at shutdown.
+
+    Gradio copies a returned file into its own cache before it answers, so each export's folder
+    is needed only briefly; folders older than ``KEEP_SECONDS`` go at the next export.
+    """
+
+    KEEP_SECONDS = 600.0
+
+    def __init__(self) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="align-export-"))
+
+    def path(self, project: str, kind: str, fmt: str) -> Path:
+        """A new file path for one export, inside this folder whatever the project is called."""
+        if fmt not in EXPORT_FORMATS:
+            raise LabelError(f"format '{fmt}': expected one of {', '.join(EXPORT_FORMATS)}")
+        self._prune()
+        folder = Path(tempfile.mkdtemp(dir=self.root)).resolve()
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", project).strip(".-")[:64] or "project"  # names from older versions
+        out = (folder / f"{stem}-{kind}.{fmt}").resolve()
+        if out.parent != folder:
+            raise LabelError(f"project '{project}': cannot build a safe export file name")
+        return out
+
+    def _prune(self) -> None:
+        cutoff = time.time() - self.KEEP_SECONDS
+        for folder in self.root.iterdir():
+            if folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- callbacks
@@ -195,8 +264,8 @@ def _scores(raw: str | None, n_max: int) -> list[float | None] | None:
 class Handlers:
     """One method per event: who (from the login), validate, one store call, then the view."""
 
-    def __init__(self, store: LabelStore, project: str, slots: int) -> None:
-        self.store, self.project = store, project
+    def __init__(self, store: LabelStore, project: str, slots: int, exports: ExportFolder) -> None:
+        self.store, self.project, self.exports = store, project, exports
         self.config = store.project_config(project)
         self.view = View(self.config, slots)
         self.slots = slots
@@ -204,23 +273,22 @@ class Handlers:
     def _who(self, request: gr.Request) -> UserInfo:
         name = getattr(request, "username", None)
         if not name:
-            raise gr.Error("Log in first.", print_exception=False)
+            raise _error("Log in first.")
         try:
             return self.store.user(name)
         except NotAllowed as err:
-            raise gr.Error(str(err), print_exception=False) from None
+            raise _error(str(err)) from None
 
     def _admin(self, request: gr.Request) -> UserInfo:
         user = self._who(request)
         if not user.is_admin:
-            raise gr.Error(f"admin only: '{user.name}' is an {user.role}", print_exception=False)
+            raise _error(f"admin only: '{user.name}' is an {user.role}")
         return user
 
     def _show(self, user: UserInfo, task: Task | None, message: str = "") -> list[Any]:
         if task is not None and len(task.responses) > self.slots:
-            raise gr.Error(f"item '{task.item}' has {len(task.responses)} responses, more than the {self.slots} this "
-                           "server was started with (items imported since?): restart `align label serve`",
-                           print_exception=False)
+            raise _error(f"item '{task.item}' has {len(task.responses)} responses, more than the {self.slots} this "
+                         "server was started with (items imported since?): restart `align label serve`")
         return self.view.task(task, self.store.progress(self.project, user.name), message)
 
     def _current(self, user: UserInfo, message: str = "") -> list[Any]:
@@ -230,12 +298,12 @@ class Handlers:
         try:
             return action()
         except LabelError as err:
-            raise gr.Error(str(err), print_exception=False) from None
+            raise _error(str(err)) from None
 
     def load(self, request: gr.Request) -> list[Any]:
         user = self._who(request)
         role = "admin" if user.is_admin else "annotator"
-        return [*self._current(user), f"Logged in as **{user.name}** ({role}) · project **{self.project}**",
+        return [*self._current(user), f"Logged in as **{md_text(user.name)}** ({role}) · project **{md_text(self.project)}**",
                 gr.update(visible=user.is_admin)]
 
     def current(self, request: gr.Request) -> list[Any]:
@@ -245,14 +313,14 @@ class Handlers:
         user = self._who(request)
         choice = BUTTON_CHOICE.get(choice, choice)
         if choice not in PAIR_CHOICES:
-            raise gr.Error(f"choice must be one of {', '.join(PAIR_CHOICES)}, got {choice!r}", print_exception=False)
+            raise _error(f"choice must be one of {', '.join(PAIR_CHOICES)}, got {choice!r}")
 
         def act() -> dict[str, Any]:
             vote = parse_vote(item=item, choice=choice, flags=flags or [], scores=_scores(scores, self.slots))
             return self.store.submit(self.project, user.name, vote)
 
         saved = self._guard(act)
-        return self._current(user, f"Saved item `{saved['item']}`: {PAIR_BUTTONS[choice]}.")
+        return self._current(user, f"Saved item {md_text(saved['item'])}: {PAIR_BUTTONS[choice]}.")
 
     def rank(self, request: gr.Request, item: str, flags: list[str] | None, scores: str, *ranks: Any) -> list[Any]:
         user = self._who(request)
@@ -263,21 +331,21 @@ class Handlers:
             return self.store.submit(self.project, user.name, vote)
 
         saved = self._guard(act)
-        return self._current(user, f"Saved ranking of item `{saved['item']}`.")
+        return self._current(user, f"Saved ranking of item {md_text(saved['item'])}.")
 
     def skip(self, item: str, reason: str | None, flags: list[str] | None, request: gr.Request) -> list[Any]:
         user = self._who(request)
         if not reason:
-            raise gr.Error("Choose a reason to skip.", print_exception=False)
+            raise _error("Choose a reason to skip.")
         saved = self._guard(lambda: self.store.submit(
             self.project, user.name, parse_vote(item=item, skip_reason=reason, flags=flags or [])))
-        return self._current(user, f"Skipped item `{saved['item']}` ({reason}).")
+        return self._current(user, f"Skipped item {md_text(saved['item'])} ({md_text(reason)}).")
 
     def previous(self, item: str, request: gr.Request) -> list[Any]:
         user = self._who(request)
         task = self._guard(lambda: self.store.previous_task(self.project, user.name, item or None))
         if task is None:
-            raise gr.Error("No earlier label of yours to revise.", print_exception=False)
+            raise _error("No earlier label of yours to revise.")
         return self._show(user, task)
 
     def open_item(self, item: str, request: gr.Request) -> list[Any]:
@@ -314,7 +382,7 @@ class Handlers:
         admin = self._admin(request)
         opts = self._guard(lambda: ExportOptions(kind=kind, ties=ties, aggregate=aggregate,  # type: ignore[arg-type]
                                                  min_labels=int(min_labels), min_agreement=float(min_agreement)))
-        out = Path(tempfile.mkdtemp(prefix="align-export-")) / f"{self.project}-{kind}.{fmt}"
+        out = self._guard(lambda: self.exports.path(self.project, opts.kind, fmt))
         stats = self._guard(lambda: export_project(self.store, self.project, out, opts, fmt))
         logger.info("%s exported %s", admin.name, stats)
         return str(out), f"Exported {stats['rows']} rows; left out: {stats['left_out'] or 'nothing'}"
@@ -327,18 +395,18 @@ def _when(timestamp: float) -> str:
 # --------------------------------------------------------------------------- layout
 
 
-def build_app(store: LabelStore, project: str) -> gr.Blocks:
+def build_app(store: LabelStore, project: str, exports: ExportFolder) -> gr.Blocks:
     slots = store.max_responses(project)
-    h = Handlers(store, project, slots)
+    h = Handlers(store, project, slots, exports)
     cfg = h.config
     with gr.Blocks(title=f"align labeling: {project}") as demo:
         with gr.Row():
-            who = gr.Markdown()
+            who = gr.Markdown(latex_delimiters=[])
             gr.Button("Log out", link="/logout", size="sm", scale=0)
         with gr.Tab("Label"):
             with gr.Accordion("Guidelines", open=False):
                 gr.Markdown(cfg.guidelines)
-            progress = gr.Markdown(elem_id="progress")
+            progress = gr.Markdown(elem_id="progress", latex_delimiters=[])  # ids are shown as text, never as math
             item_ref = gr.Textbox(visible=False, label="item")
             scores_json = gr.Textbox(visible=False, label="scores")
             prompt = gr.Textbox(label="Prompt", interactive=False, lines=2, max_lines=20, elem_id="prompt")
@@ -347,10 +415,11 @@ def build_app(store: LabelStore, project: str) -> gr.Blocks:
                 for i in range(slots):
                     with gr.Column(min_width=280) as column:
                         columns.append(column)
-                        texts.append(gr.Textbox(label=f"Response {LETTERS[i]}", interactive=False, lines=4, max_lines=30,
-                                                elem_id=f"response-{LETTERS[i].lower()}"))
+                        name = response_name(i)
+                        texts.append(gr.Textbox(label=f"Response {name}", interactive=False, lines=4, max_lines=30,
+                                                elem_id=f"response-{name.lower()}"))
                         rank_boxes.append(gr.Dropdown(choices=list(range(1, slots + 1)), label="Rank (1 = best)",
-                                                      value=None, elem_id=f"rank-{LETTERS[i].lower()}"))
+                                                      value=None, elem_id=f"rank-{name.lower()}"))
                         sliders.append(gr.Slider(cfg.score.minimum, cfg.score.maximum, step=cfg.score.step,
                                                  label="Score", info="no score until you move it",
                                                  visible=cfg.score.enabled))
@@ -364,7 +433,7 @@ def build_app(store: LabelStore, project: str) -> gr.Blocks:
                 skip_button = gr.Button("Skip", elem_id="skip")
                 previous_button = gr.Button("Previous (revise)", elem_id="previous")
                 current_button = gr.Button("Back to current item", elem_id="current")
-            message = gr.Markdown(elem_id="message")
+            message = gr.Markdown(elem_id="message", latex_delimiters=[])
         with gr.Tab("My labels"):
             mine = gr.Dataframe(headers=["item", "status", "choice", "ranks (as shown)", "flags", "skip reason",
                                          "revision", "updated"], interactive=False)
@@ -384,7 +453,7 @@ def build_app(store: LabelStore, project: str) -> gr.Blocks:
             with gr.Row():
                 min_labels = gr.Number(1, precision=0, minimum=1, label="Min labels per item")
                 min_agreement = gr.Slider(0, 1, value=0, step=0.05, label="Min agreement")
-                fmt = gr.Radio(["jsonl", "json", "parquet"], value="jsonl", label="Format")
+                fmt = gr.Radio(list(EXPORT_FORMATS), value="jsonl", label="Format")
             export_button = gr.Button("Export")
             export_file = gr.File(label="Exported file")
             export_note = gr.Markdown()
@@ -421,21 +490,27 @@ def build_app(store: LabelStore, project: str) -> gr.Blocks:
 
 
 def serve(db: str, project: str, *, host: str = "127.0.0.1", port: int | None = 7860, block: bool = True,
-          concurrency: int = 8, quiet: bool = False) -> gr.Blocks:
+          concurrency: int = 8, quiet: bool = False, throttle: LoginThrottle | None = None) -> gr.Blocks:
     """Start the app for ``project``; with ``block=False`` return the running Blocks (``demo.close()`` stops it)."""
     store = LabelStore(db)
     config = store.project_config(project)  # unknown project: refused before anything starts
-    demo = build_app(store, project)
+    _warn_if_nobody_can_log_in(store)
+    exports = ExportFolder()
+    demo = build_app(store, project, exports)
     demo.queue(default_concurrency_limit=concurrency)
 
     @asynccontextmanager
-    async def keep_logins(app: Any) -> AsyncIterator[None]:
+    async def lifespan(app: Any) -> AsyncIterator[None]:
         _keep_logins(app, store, config.session_hours)  # at startup, before the first request is accepted
-        yield
+        try:
+            yield
+        finally:
+            exports.close()
 
     demo.launch(
         auth=store.authenticate,
-        auth_message=f"align labeling · project {project}: log in with the name and password your admin gave you.",
+        auth_message=f"align labeling · project {html.escape(project)}: log in with the name and password your admin "
+                     "gave you. After several wrong passwords, wait a minute before the next try.",
         server_name=host,
         server_port=port,
         prevent_thread_lock=True,
@@ -443,12 +518,18 @@ def serve(db: str, project: str, *, host: str = "127.0.0.1", port: int | None = 
         ssr_mode=False,
         show_error=True,
         head=SHORTCUT_SCRIPT,
-        app_kwargs={"lifespan": keep_logins},
+        app_kwargs={"lifespan": lifespan, "middleware": [Middleware(LoginGuard, throttle=throttle or LoginThrottle())]},
     )
     logger.info("labeling project '%s' at %s (database %s)", project, demo.local_url, store.url)
     if block:
         demo.block_thread()
     return demo
+
+
+def _warn_if_nobody_can_log_in(store: LabelStore) -> None:
+    if not any(user.status is None for user in store.users()):
+        logger.warning("no users in %s: nobody can log in; add one with "
+                       "`align label add-user NAME --role admin --db %s`", store.url, store.url)
 
 
 def _keep_logins(app: Any, store: LabelStore, hours: float) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -15,10 +18,14 @@ from pathlib import Path
 import pytest
 
 gr = pytest.importorskip("gradio", reason="the ui extra is not installed (pip install -e '.[ui]')")
+import httpx
 from gradio_client import Client
 from gradio_client.exceptions import AppError
+from markdown_it import MarkdownIt
 
-from labeling_ui.app import serve
+from labeling_ui.app import ExportFolder, serve
+from labeling_ui.errors import LabelError
+from labeling_ui.logins import Backoff, LoginThrottle
 from labeling_ui.schemas import ProjectConfig, parse_candidate
 from labeling_ui.store import LabelStore
 
@@ -98,7 +105,7 @@ def test_vote_is_written_for_the_logged_in_annotator(app: dict) -> None:
     assert "of 12 items" in shown[PROGRESS]
     texts = [shown[FIRST_TEXT]["value"], shown[FIRST_TEXT + 3]["value"]]
     after = client.predict(item, "B is better", ["nonsense"], json.dumps([None, 7.5]), api_name="/vote")
-    assert f"Saved item `{item}`" in after[MESSAGE] and after[ITEM] != item
+    assert f"Saved item {item}:" in after[MESSAGE] and after[ITEM] != item
     rec = labels_of(app["store"], "ann1")[item]
     assert rec["choice"] == "b" and rec["flags"] == ["nonsense"]
     shown_b = rec["order"][1]  # B was the second shown response: rank 1, score 7.5, in stored order
@@ -178,6 +185,151 @@ def test_admin_sees_progress_and_exports(app: dict, tmp_path: Path) -> None:
     assert len(loaded.train) >= 3
 
 
+# --------------------------------------------------------------------------- hostile input (issue 13)
+
+# Item ids an attacker slips into a candidates file: a phishing link, an image with a script, raw HTML, an autolink.
+EVIL = "x` [Session expired - click here](http://evil.example/login) <img src=x onerror=\"document.title='pwned'\"> `y"
+EVIL2 = "<b>bold</b> **b** www.evil.example <https://evil.example/> $$x$$ \\`"
+THROTTLE = LoginThrottle(per_user=Backoff(3, 2.0, 2.0, 60.0), per_address=Backoff(6, 2.0, 2.0, 60.0))
+
+
+@pytest.fixture(scope="module")
+def evil_app(tmp_path_factory: pytest.TempPathFactory):
+    """A server whose items have hostile ids, with a quick login throttle (3 free failures per user, 6 per address)."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('evil') / 'labels.db'}"
+    store = LabelStore(url)
+    rows = [(f"e.jsonl:{i + 1}", parse_candidate({"id": key, "prompt": f"Q{i}?", "responses": [f"A{i}", f"B{i}"]},
+                                                 f"e.jsonl:{i + 1}")) for i, key in enumerate([EVIL, EVIL2, "plain"])]
+    store.import_items("inject", rows, ProjectConfig(labels_per_item=2), create=True)
+    for name in ("ann1", "browser", "victim", "leaver", "reset"):
+        store.add_user(name, "annotator", f"{name}-password")
+    demo = serve(url, "inject", port=free_port(), block=False, quiet=True, throttle=THROTTLE)
+    yield {"url": demo.local_url, "store": store}
+    demo.close()
+
+
+def rendered(markdown: str) -> tuple[str, str]:
+    """(HTML, visible text) of ``markdown`` as a CommonMark renderer shows it."""
+    out = MarkdownIt("commonmark").render(markdown)
+    return out, html.unescape(re.sub(r"<[^>]+>", "", out))
+
+
+def assert_plain(markdown: str, expected: str) -> None:
+    out, text = rendered(markdown)
+    assert not re.search(r"<(a|img|b|code)\b", out), out  # no link, image, raw HTML or code span came alive
+    assert expected in text, (expected, text)
+
+
+def test_injected_item_ids_render_as_plain_text(evil_app: dict) -> None:
+    client = login(evil_app, "ann1")
+    shown = client.predict(api_name="/load")
+    assert shown[ITEM] == EVIL
+    assert_plain(shown[PROGRESS], f"item {EVIL}")
+    second = client.predict(EVIL, "a", [], "null", api_name="/vote")
+    assert_plain(second[MESSAGE], f"Saved item {EVIL}: A is better.")
+    assert second[ITEM] == EVIL2
+    assert_plain(second[PROGRESS], f"item {EVIL2}")
+    third = client.predict(EVIL2, "cannot judge", [], api_name="/skip")  # Gradio allows only the listed reasons
+    assert_plain(third[MESSAGE], f"Skipped item {EVIL2} (cannot judge).")
+    back = client.predict(third[ITEM], api_name="/previous")
+    assert_plain(back[MESSAGE], f"Revising your label on item {EVIL2} (revision 1): you skipped it (cannot judge).")
+    # Error toasts are HTML in Gradio: what the caller sent comes back escaped.
+    with pytest.raises(AppError) as refused:
+        client.predict('<img src=x onerror="alert(1)">', api_name="/open_item")
+    assert "&lt;img src=x" in str(refused.value) and "<img" not in str(refused.value)
+
+
+def post_login(url: str, name: str, password: str, source: str) -> httpx.Response:
+    """A login from loopback address ``source`` (all of 127.0.0.0/8 is this machine), as a guesser would send it."""
+    with httpx.Client(transport=httpx.HTTPTransport(local_address=source)) as http:
+        return http.post(f"{url.rstrip('/')}/login", data={"username": name, "password": password})
+
+
+def test_password_guessing_is_throttled_and_logged(evil_app: dict, caplog: pytest.LogCaptureFixture) -> None:
+    url = evil_app["url"]
+    codes = [post_login(url, "victim", f"guess-{i}", "127.0.0.2").status_code for i in range(30)]
+    assert codes[:3] == [400, 400, 400] and codes.count(400) <= 4 and codes.count(429) >= 26
+    right = post_login(url, "victim", "victim-password", "127.0.0.5")  # the right one, from anywhere, too early
+    assert right.status_code == 429 and "Too many failed logins" in right.json()["detail"]
+    time.sleep(float(right.headers["Retry-After"]))
+    assert post_login(url, "victim", "victim-password", "127.0.0.5").status_code == 200  # not locked out for good
+    # One address guessing many names is held back too; other addresses are not.
+    codes = [post_login(url, f"nobody{i}", "guess", "127.0.0.3").status_code for i in range(10)]
+    assert codes[:6] == [400] * 6 and codes.count(429) >= 3
+    assert post_login(url, "ann1", "ann1-password", "127.0.0.3").status_code == 429
+    assert post_login(url, "ann1", "ann1-password", "127.0.0.4").status_code == 200
+    assert "failed login for 'victim' from 127.0.0.2" in caplog.text
+    assert "login refused for 'victim' from 127.0.0.2: too many failures" in caplog.text
+
+
+def test_disabled_users_and_old_passwords_are_out_on_the_next_request(evil_app: dict) -> None:
+    store = evil_app["store"]
+    leaver, reset = login(evil_app, "leaver"), login(evil_app, "reset")
+    assert leaver.predict(api_name="/load")[ITEM] and reset.predict(api_name="/load")[ITEM]
+    store.disable_user("leaver")
+    store.add_user("reset", "annotator", "a brand new password", update=True)
+    for client in (leaver, reset):
+        with pytest.raises(httpx.HTTPStatusError, match="401 Unauthorized"):  # the cookie no longer logs in
+            client.predict(api_name="/load")
+    with pytest.raises(Exception, match="Could not login"):
+        Client(evil_app["url"], auth=("leaver", "leaver-password"), verbose=False)
+    assert Client(evil_app["url"], auth=("reset", "a brand new password"), verbose=False).predict(api_name="/load")
+
+
+def test_more_than_26_responses_and_exports_leave_no_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from align.config import DataConfig
+    from align.data import load_records
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(ExportFolder, "KEEP_SECONDS", 0.0)  # an earlier export's folder goes at the next one
+    url = f"sqlite:///{tmp_path / 'wide.db'}"
+    store = LabelStore(url)
+    row = {"id": "wide", "prompt": "Pick the best of 30.", "responses": [f"answer {j}" for j in range(30)]}
+    store.import_items("wide", [("w:1", parse_candidate(row, "w:1"))], ProjectConfig(labels_per_item=1), create=True)
+    store.add_user("boss", "admin", "boss-password")
+    demo = serve(url, "wide", port=free_port(), block=False, quiet=True)
+    try:
+        admin = Client(demo.local_url, auth=("boss", "boss-password"), verbose=False, download_files=False)
+        shown = admin.predict(api_name="/load")
+        names = [shown[FIRST_TEXT + 3 * i]["label"] for i in range(30)]
+        assert names[:2] == ["Response A", "Response B"]
+        assert names[25:] == ["Response Z", "Response AA", "Response AB", "Response AC", "Response AD"]
+        admin.predict("wide", [], "null", *range(30, 0, -1), api_name="/rank")
+        assert sorted(store.label_records("wide")[0]["ranks"]) == list(range(1, 31))
+        for _ in range(2):
+            file, _note = admin.predict("ranking", "keep", "none", 1, 0, "jsonl", api_name="/admin_export")
+        [root] = scratch.glob("align-export-*")
+        assert len(list(root.iterdir())) == 1  # the first export's folder is gone
+        assert len(load_records(DataConfig(path=file["path"], kind="ranking"), "ranking").train) == 1
+    finally:
+        demo.close()
+    assert not list(scratch.glob("align-export-*"))  # and the server's folder went with it
+
+
+def test_export_paths_stay_in_their_folder_whatever_the_name() -> None:
+    folder = ExportFolder()
+    try:
+        for name in ("../../etc", "/abs/path", "..", ".", "a/b", "x" * 300):
+            out = folder.path(name, "preference", "jsonl")
+            assert out.parent.parent == folder.root.resolve() and out.name.endswith("-preference.jsonl")
+        with pytest.raises(LabelError, match="format 'disk'"):
+            folder.path("demo", "preference", "disk")
+    finally:
+        folder.close()
+    assert not folder.root.exists()
+
+
+def test_a_server_nobody_can_log_in_to_says_how_to_add_a_user(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    row = ("c:1", parse_candidate({"id": 1, "prompt": "q", "responses": ["x", "y"]}, "c:1"))
+    LabelStore(url).import_items("empty", [row], create=True)
+    serve(url, "empty", port=free_port(), block=False, quiet=True).close()
+    assert f"nobody can log in; add one with `align label add-user NAME --role admin --db {url}`" in caplog.text
+
+
 # --------------------------------------------------------------------------- a killed server
 
 
@@ -251,7 +403,7 @@ def test_sigkill_of_the_server_loses_nothing_and_logins_survive(tmp_path: Path) 
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)")
-def test_browser_login_and_vote(app: dict) -> None:
+def test_browser_login_and_vote(app: dict, evil_app: dict) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(
@@ -277,8 +429,24 @@ def test_browser_login_and_vote(app: dict) -> None:
             page.locator("body").press("2")
             page.locator("#message").get_by_text(f"Saved item {second}").wait_for()
             assert labels_of(app["store"], "browser")[second]["choice"] == "b"
+            _injected_id_stays_text(browser.new_page(), evil_app["url"])
         finally:
             browser.close()
+
+
+def _injected_id_stays_text(page, url: str) -> None:
+    """An item id carrying a link, an <img onerror> and raw HTML shows as its own characters, live in nothing."""
+    page.set_default_timeout(30_000)
+    page.goto(url)
+    page.get_by_label("username").fill("browser")
+    page.get_by_label("password").fill("browser-password")
+    page.get_by_role("button", name="Login").click()
+    page.locator("#progress").get_by_text(EVIL).wait_for()
+    page.locator("#vote-a").click()
+    page.locator("#message").get_by_text(f"Saved item {EVIL}").wait_for()
+    for where in ("#progress", "#message"):
+        assert page.locator(f"{where} a, {where} img, {where} b, {where} code").count() == 0
+    assert page.title() != "pwned" and page.locator("a[href*='evil.example']").count() == 0
 
 
 def _shown_item(page) -> str:
