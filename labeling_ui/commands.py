@@ -1,7 +1,9 @@
-"""``align label`` subcommands: import, serve, add-user, export, status.
+"""``align label`` subcommands: import, serve, add-user, disable-user, remove-user, export, status.
 
     align label add-user alice --role annotator            # password from a prompt
     ALIGN_LABEL_PASSWORD=... align label add-user bob --role admin
+    align label disable-user alice                         # logged out now; `add-user alice --update` enables again
+    align label remove-user alice                          # for good; alice's labels stay, under her name
     align label import candidates.jsonl labels_per_item=2 score.enabled=true --project demo
     align label serve --project demo --port 7860
     align label status --project demo
@@ -57,7 +59,14 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     user.add_argument("name")
     user.add_argument("--role", choices=["annotator", "admin"], default="annotator")
     user.add_argument("--password-file", default=None, help=f"read the password from this file (else ${PASSWORD_ENV}, else a prompt)")
-    user.add_argument("--update", action="store_true", help="change an existing user's password and role")
+    user.add_argument("--update", action="store_true",
+                      help="change an existing user's password and role (ends their logins; enables a disabled user)")
+
+    disable = sub("disable-user", "log a user out and refuse them from their next request on (labels stay)")
+    disable.add_argument("name")
+
+    remove = sub("remove-user", "like disable-user, for good: the name is kept only to attribute their labels")
+    remove.add_argument("name")
 
     export = sub("export", "write labels as preference pairs, rankings or ratings")
     export.add_argument("--project", required=True)
@@ -104,8 +113,7 @@ def _import(args: argparse.Namespace) -> int:
     rows = read_candidates(args.candidates, args.format)  # every row checked before the database is touched
     store = _store(args)
     config = _project_config(store, args.project, args.config, args.overrides)
-    store.create_project(args.project, config, update=config is not None)
-    report = store.import_items(args.project, rows)
+    report = store.import_items(args.project, rows, config, create=True)  # config and items: all or nothing
     cfg = store.project_config(args.project)
     print(f"project '{args.project}': {report.added} items added, {report.unchanged} already there, "
           f"{len(report.skipped)} left out; K={cfg.labels_per_item} labels per item")
@@ -167,6 +175,18 @@ def _add_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def _disable_user(args: argparse.Namespace) -> int:
+    _store(args).disable_user(args.name)
+    print(f"user '{args.name}' disabled: logged out, and refused until `align label add-user {args.name} --update`")
+    return 0
+
+
+def _remove_user(args: argparse.Namespace) -> int:
+    _store(args).remove_user(args.name)
+    print(f"user '{args.name}' removed: logged out for good; their labels stay under that name")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from labeling_ui.export import ExportOptions, export_project
 
@@ -182,7 +202,8 @@ def _status(args: argparse.Namespace) -> int:
     store = _store(args)
     if args.project is None:
         print("projects:", ", ".join(store.projects()) or "none")
-        print("users:", ", ".join(f"{u.name} ({u.role})" for u in store.users()) or "none")
+        print("users:", ", ".join(f"{u.name} ({u.role}{', ' + u.status if u.status else ''})"
+                                  for u in store.users()) or "none")
         return 0
     from labeling_ui.agreement import format_summary, project_agreement
 
@@ -195,4 +216,5 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"import": _import, "serve": _serve, "add-user": _add_user, "export": _export, "status": _status}
+_COMMANDS = {"import": _import, "serve": _serve, "add-user": _add_user, "disable-user": _disable_user,
+             "remove-user": _remove_user, "export": _export, "status": _status}

@@ -84,3 +84,67 @@ def test_generate_import_label_export_loop(db: str, tiny_llama_dir: Path, tmp_pa
     assert len(loaded.train) >= n_items
     first = json.loads(prefs.read_text().splitlines()[0])
     assert first["annotator"] == "ann" and first["chosen_model"] == str(tiny_llama_dir)
+
+
+def test_disable_and_remove_user_take_effect_and_keep_labels(db: str, tmp_path: Path, monkeypatch,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("ALIGN_LABEL_PASSWORD", "alice's password")
+    assert main(["label", "add-user", "alice", "--db", db]) == 0
+    cands = write(tmp_path / "c.jsonl", [{"id": "q1", "prompt": "Hi?", "responses": ["x", "y"]}])
+    assert main(["label", "import", str(cands), "labels_per_item=1", "--project", "p", "--db", db]) == 0
+    store = LabelStore(db)
+    store.submit("p", "alice", parse_vote(item=store.next_task("p", "alice").item, choice="a"))
+    store.create_session("alice-cookie", "alice", hours=12)
+
+    assert main(["label", "disable-user", "alice", "--db", db]) == 0
+    assert store.session_user("alice-cookie") is None and not store.authenticate("alice", "alice's password")
+    assert main(["label", "status", "--db", db]) == 0
+    assert "alice (annotator, disabled)" in capsys.readouterr().out
+    monkeypatch.setenv("ALIGN_LABEL_PASSWORD", "alice's new password")
+    assert main(["label", "add-user", "alice", "--update", "--db", db]) == 0  # enabled again, new password
+    assert store.authenticate("alice", "alice's new password")
+
+    assert main(["label", "remove-user", "alice", "--db", db]) == 0
+    assert not store.authenticate("alice", "alice's new password")
+    assert [rec["annotator"] for rec in store.label_records("p")] == ["alice"]  # the label stays, attributed
+    assert main(["label", "add-user", "alice", "--update", "--db", db]) == 2
+    assert "user 'alice' was removed" in capsys.readouterr().err
+    assert main(["label", "disable-user", "nobody", "--db", db]) == 2
+    assert "unknown user 'nobody'" in capsys.readouterr().err
+
+
+def test_a_failed_import_changes_nothing(db: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    first = write(tmp_path / "first.jsonl", [{"id": "q1", "prompt": "Hi?", "responses": ["x", "y"]}])
+    assert main(["label", "import", str(first), "labels_per_item=2", "--project", "p", "--db", db]) == 0
+    clash = write(tmp_path / "clash.jsonl", [{"id": "q2", "prompt": "New?", "responses": ["x", "y"]},
+                                             {"id": "q1", "prompt": "Changed?", "responses": ["x", "y"]}])
+    assert main(["label", "import", str(clash), "labels_per_item=5", "lease_seconds=9", "--project", "p",
+                 "--db", db]) == 2
+    assert f"{clash}:2: field 'id': id 'q1' is already in project 'p'" in capsys.readouterr().err
+    store = LabelStore(db)
+    cfg = store.project_config("p")
+    assert (cfg.labels_per_item, cfg.lease_seconds, store.item_counts("p")["total"]) == (2, 1800, 1)
+    assert main(["label", "import", str(clash), "--project", "fresh", "--db", db]) == 0  # a new project: fine
+    dupes = write(tmp_path / "dupes.jsonl", [{"id": "d", "prompt": "a", "responses": ["x", "y"]}] * 2)
+    assert main(["label", "import", str(dupes), "labels_per_item=1", "--project", "other", "--db", db]) == 2
+    assert store.projects() == ["fresh", "p"]  # no empty project was left behind
+
+
+def test_hostile_or_broken_files_and_names_are_refused_clearly(db: str, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    latin1 = tmp_path / "latin1.jsonl"
+    latin1.write_bytes(b'{"id": "a", "prompt": "ok", "responses": ["x", "y"]}\n'
+                       b'{"id": "b", "prompt": "caf\xe9", "responses": ["x", "y"]}\n')
+    assert main(["label", "import", str(latin1), "--project", "p", "--db", db]) == 2
+    assert f"align: error: {latin1}:2: not UTF-8 text (byte 0xE9 at column 27)" in capsys.readouterr().err
+    chat = [{"role": "user", "content": "Hi?"}]
+    mixed = write(tmp_path / "mixed.jsonl", [{"id": "s", "prompt": "Hi?", "responses": ["x", "y"]},
+                                             {"id": "m", "prompt": chat, "responses": ["x", "y"]}])
+    assert main(["label", "import", str(mixed), "--project", "p", "--db", db]) == 2
+    assert (f"{mixed}:2: field 'prompt': is a list of messages but earlier rows (first at {mixed}:1) are a string"
+            in capsys.readouterr().err)
+    good = write(tmp_path / "good.jsonl", [{"id": "s", "prompt": "Hi?", "responses": ["x", "y"]}])
+    for name in ("../../etc", "/abs/path", "..", "x" * 300):
+        assert main(["label", "import", str(good), "--project", name, "--db", db]) == 2
+        assert "project name" in capsys.readouterr().err
+    assert LabelStore(db).projects() == []

@@ -122,20 +122,39 @@ def _mapped(rows: Iterable[RawRow], columns: dict[str, str], decode_csv: bool) -
 # --------------------------------------------------------------------------- text formats
 
 
+def _not_utf8(path: str) -> DataError:
+    """A DataError at the line and byte column of the first byte in ``path`` that is not UTF-8."""
+    raw = Path(path).read_bytes()
+    try:
+        raw.decode("utf-8")  # a BOM is valid UTF-8: the error's offset is the file's
+    except UnicodeDecodeError as e:
+        line_start = raw.rfind(b"\n", 0, e.start) + 1
+        line, column = raw.count(b"\n", 0, e.start) + 1, e.start - line_start + 1
+        return DataError(f"{path}:{line}", f"not UTF-8 text (byte 0x{raw[e.start]:02X} at column {column}); "
+                                           "save the file as UTF-8")
+    return DataError(path, "not UTF-8 text; save the file as UTF-8")
+
+
 def _read_jsonl(path: str) -> Iterator[RawRow]:
     with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                yield RawRow(where, json.loads(line))
-            except json.JSONDecodeError as e:
-                yield RawRow(where, None, DataError(where, f"invalid JSON ({e.msg} at column {e.colno})"))
+        try:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    yield RawRow(where, json.loads(line))
+                except json.JSONDecodeError as e:
+                    yield RawRow(where, None, DataError(where, f"invalid JSON ({e.msg} at column {e.colno})"))
+        except UnicodeDecodeError:
+            raise _not_utf8(path) from None
 
 
 def _read_json(path: str) -> Iterator[RawRow]:
-    text = Path(path).read_text(encoding="utf-8-sig")
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
@@ -152,15 +171,18 @@ def _read_json(path: str) -> Iterator[RawRow]:
 def _read_csv(path: str) -> Iterator[RawRow]:
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        for n, rec in enumerate(reader, 1):
-            # line_num is the record's last line; step back over newlines inside quoted cells
-            inner = sum(v.count("\n") for v in rec.values() if isinstance(v, str))
-            where = f"{path}:{reader.line_num - inner} (row {n})"
-            if None in rec:
-                err = DataError(where, f"has more cells than the header's {len(reader.fieldnames or [])} columns")
-                yield RawRow(where, None, err)
-            else:
-                yield RawRow(where, dict(rec))
+        try:
+            for n, rec in enumerate(reader, 1):
+                # line_num is the record's last line; step back over newlines inside quoted cells
+                inner = sum(v.count("\n") for v in rec.values() if isinstance(v, str))
+                where = f"{path}:{reader.line_num - inner} (row {n})"
+                if None in rec:
+                    err = DataError(where, f"has more cells than the header's {len(reader.fieldnames or [])} columns")
+                    yield RawRow(where, None, err)
+                else:
+                    yield RawRow(where, dict(rec))
+        except UnicodeDecodeError:
+            raise _not_utf8(path) from None
 
 
 _CSV_LIST_FIELDS = {"messages", "responses", "ranks", "completions"}

@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import shutil
+import struct
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -249,10 +250,26 @@ def cached_conversion(name: str, identity: list[str], build: Callable[[Path], No
 # --------------------------------------------------------------------------- GGUF
 
 
+GGUF_MAGIC = b"GGUF"
+
+
 def convert_gguf(gguf_path: Path) -> Path:
-    """Dequantize a GGUF file into a cached float32 HF directory (once) and return that directory."""
+    """Dequantize a GGUF file into a cached float32 HF directory (once) and return that directory.
+
+    A file that is not GGUF, or is cut short, is a ModelNotFoundError naming it (the CLI's
+    ``align: error``), not a reader's traceback.
+    """
     gguf_path = gguf_path.resolve()
-    return cached_conversion(gguf_path.stem, [_file_identity(gguf_path)], lambda out: _write_gguf_as_hf(gguf_path, out))
+    with open(gguf_path, "rb") as f:
+        head = f.read(len(GGUF_MAGIC))
+    if head != GGUF_MAGIC:
+        raise ModelNotFoundError(f"{gguf_path}: not a GGUF file (it starts with {head!r}, not {GGUF_MAGIC!r}); "
+                                 "give a model in GGUF format, or an HF model directory")
+    try:
+        return cached_conversion(gguf_path.stem, [_file_identity(gguf_path)],
+                                 lambda out: _write_gguf_as_hf(gguf_path, out))
+    except (ValueError, struct.error, EOFError) as err:  # a damaged file or an architecture transformers lacks
+        raise ModelNotFoundError(f"{gguf_path}: cannot convert this GGUF file: {err}") from err
 
 
 def _write_gguf_as_hf(gguf_path: Path, out: Path) -> None:
