@@ -321,6 +321,10 @@ class JudgeSettings(Section):
     missing_eos_penalty: float | None = Field(
         None, ge=0, description="Subtracted from the score of a response cut at max_new_tokens without EOS."
     )
+    missing_eos_penalty_unit: Literal["score", "std"] = Field(
+        "score", description="'score': the penalty as given; 'std': in standard deviations of the batch's scores, so "
+        "it stays in proportion to the judge's spread.",
+    )
     clip: float | None = Field(None, gt=0, description="Clip scores to [-clip, clip] after the penalty.")
 
 
@@ -342,6 +346,13 @@ class ValueSettings(Section):
     init_from: str | None = Field(
         None, description="'separate': starting weights of the critic (a causal LM with the policy's tokenizer); default the policy's."
     )
+    learning_rate: float | None = Field(
+        None, gt=0, description="Learning rate of the value head (and critic); default: training.learning_rate. "
+        "A zero-initialised head learns nothing at a policy's 1e-6..1e-5.",
+    )
+    warmup_iterations: int = Field(
+        0, ge=0, description="First N iterations train only the value model (no policy loss, no gradient into a shared trunk)."
+    )
 
 
 class PPOSettings(Section):
@@ -360,6 +371,10 @@ class PPOSettings(Section):
     )
     kl_horizon: int = Field(10000, gt=0, description="Adaptive KL horizon, in samples.")
     whiten_rewards: bool = Field(False, description="Scale per-token rewards to unit variance over the batch (mean kept).")
+    normalize_scores: bool = Field(
+        False, description="Standardise each iteration's judge scores (after penalty and clip) to mean 0, std 1 before "
+        "the KL penalty, so kl_coef means the same for any judge's scale.",
+    )
     whiten_advantages: bool = Field(True, description="Whiten advantages over the batch before the updates.")
     sample_every: int = Field(10, gt=0, description="Append a sample table (prompt, response, reward) every N iterations.")
     num_samples: int = Field(8, gt=0, description="Rows per sample table.")
@@ -586,6 +601,10 @@ class EvalSampling(SamplingSettings):
 
 class EvalReportSettings(Section):
     num_samples: int = Field(8, ge=0, description="Prompts shown in report.md's sample table (samples.jsonl has all).")
+    greedy: bool = Field(
+        True, description="Also show each model's greedy answer to those prompts: what the policy says most "
+        "likely, next to one draw at the evaluation temperature.",
+    )
     runs: list[str] = Field(default_factory=list, description="More training run dirs whose metrics.jsonl is plotted.")
 
 

@@ -52,14 +52,18 @@ def score(judge: Judge, prompts: Sequence[Any], responses: Sequence[Any], finish
     """Score responses to prompts (strings or chat messages) as a recipe's ``reward`` section says.
 
     ``finished`` (N bools, or None when every response finished) marks responses that ended with
-    EOS; the others lose ``settings.missing_eos_penalty``. Scores are then clipped to
+    EOS; the others lose ``settings.missing_eos_penalty`` (times the raw scores' standard deviation
+    over these N responses when ``missing_eos_penalty_unit`` is ``std``). Scores are then clipped to
     ``[-settings.clip, settings.clip]`` when set. ``settings`` None: the raw scores.
     """
     raw = judge([prompt_text(p) for p in prompts], [response_text(r) for r in responses]).float().cpu().reshape(-1)
     final = raw
     if settings is not None and settings.missing_eos_penalty is not None and finished is not None:
         unfinished = ~torch.as_tensor(finished, dtype=torch.bool).cpu().reshape(-1)
-        final = final - settings.missing_eos_penalty * unfinished.float()
+        penalty = settings.missing_eos_penalty
+        if settings.missing_eos_penalty_unit == "std":
+            penalty = penalty * raw.std(unbiased=False).item() if raw.numel() > 1 else 0.0
+        final = final - penalty * unfinished.float()
     if settings is not None and settings.clip is not None:
         final = final.clamp(-settings.clip, settings.clip)
     return Scores(raw=raw, final=final)

@@ -135,6 +135,22 @@ def test_kl_length_and_outputs(evaluated) -> None:  # noqa: ANN001
     report = (out / "report.md").read_text()
     assert "| better | " in report and "reward/raw" in report and "rewards/margins" in report
     assert report.count("### ") == 2  # report.num_samples sample tables
+    assert report.count("greedy response |") == 2
+    from align.eval.responses import markdown_cell
+    from align.sampling import sample
+
+    shown = [json.loads(line)["prompt"] for line in (out / "samples.jsonl").read_text().splitlines()[:2]]
+    model = AutoModelForCausalLM.from_pretrained(m_dir := evaluated_dirs(out)["better"])
+    greedy = sample(model, AutoTokenizer.from_pretrained(m_dir), shown, max_new_tokens=12, temperature=0.0).texts
+    assert all(f"{markdown_cell(text) or '(empty)'} |" in report for text in greedy)
+
+
+def evaluated_dirs(out: Path) -> dict[str, str]:
+    """Each evaluated policy's model directory, read back from the run's resolved recipe."""
+    import yaml
+
+    recipe = yaml.safe_load((out / "recipe.yaml").read_text())
+    return {policy["name"]: policy["model"]["name_or_path"] for policy in recipe["policies"]}
 
 
 def test_same_seed_same_report(models: dict[str, Path], evaluated, tmp_path: Path) -> None:  # noqa: ANN001

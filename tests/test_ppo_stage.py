@@ -262,3 +262,23 @@ def test_gradient_accumulation_does_not_change_the_update(tiny_llama_dir: Path, 
     for name, expected in grads[8].items():
         for micro in (4, 1):
             torch.testing.assert_close(grads[micro][name], expected, rtol=1e-4, atol=1e-6, msg=f"{name}, micro {micro}")
+
+
+def test_value_warmup_trains_only_the_value_head_at_its_own_rate(tiny_llama_dir: Path, prompts_file: Path,
+                                                                 tmp_path: Path) -> None:
+    recipe = make_recipe(tiny_llama_dir, prompts_file, tmp_path / "warm", value={"learning_rate": 5e-3,
+                         "warmup_iterations": 1}, ppo={"rollouts_per_iteration": 16, "epochs": 1,
+                         "normalize_scores": True}, training={"max_steps": 1})
+    trainer = PPOTrainer(recipe)
+    lrs = sorted(group["lr"] for group in trainer.optimizer.param_groups)
+    assert lrs == pytest.approx([1e-3, 5e-3])  # the policy's rate, the value head's own
+    module = trainer.accelerator.unwrap_model(trainer.module)
+    policy_before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
+    head_before = module.value_head.summary.weight.detach().clone()
+    metrics = trainer.step()
+    assert all(torch.equal(p, policy_before[n]) for n, p in module.policy.named_parameters())  # not even the trunk
+    assert not torch.equal(module.value_head.summary.weight, head_before)
+    assert math.isfinite(metrics["ppo/value_loss"])
+    trainer.iteration = 1  # warm-up over: the policy trains
+    trainer.step()
+    assert any(not torch.equal(p, policy_before[n]) for n, p in module.policy.named_parameters())

@@ -181,3 +181,11 @@ def test_a_judge_scores_alike_in_ppo_grpo_and_eval(tiny_llama_dir: Path, tmp_pat
     score_responses(recipe, prompts, results)
     for got in (ppo, grpo, results["baseline"].rewards):
         torch.testing.assert_close(got, expected)
+
+
+def test_missing_eos_penalty_in_standard_deviations_of_the_batch() -> None:
+    settings = JudgeSettings(judge="x:y", missing_eos_penalty=0.5, missing_eos_penalty_unit="std")
+    judge = lambda prompts, responses: torch.tensor([1.0, 3.0, 5.0, 7.0])  # noqa: E731 - std (population) sqrt(5)
+    got = score(judge, ["p"] * 4, ["a", "b", "c", "d"], [True, False, True, False], settings)
+    torch.testing.assert_close(got.final, torch.tensor([1.0, 3.0 - 0.5 * 5**0.5, 5.0, 7.0 - 0.5 * 5**0.5]))
+    torch.testing.assert_close(got.raw, torch.tensor([1.0, 3.0, 5.0, 7.0]))

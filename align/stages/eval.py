@@ -7,7 +7,8 @@ the same seed per batch (common random numbers, so differences between models ar
 a model against itself gives identical responses, a win rate of exactly 0.5). The judge scores
 every response; the reference scores every sampled token for the KL. Written to the run dir:
 
-- ``report.md``: the summary table, the plots, a sample table per prompt;
+- ``report.md``: the summary table, the plots, a sample table per prompt (each model's sampled
+  response and, with ``report.greedy``, its greedy one);
 - ``samples.jsonl``: every prompt with every model's response, reward, KL and length;
 - ``reward_vs_kl.png``: mean reward against KL, one point per model (needs a judge);
 - ``training_curves.png``: reward and KL over training of the policies' runs (their
@@ -58,6 +59,7 @@ class Responses:
     tokens: torch.Tensor  # (N,) response length, EOS included
     finished: torch.Tensor  # (N,) bool
     rewards: torch.Tensor | None = None  # (N,) judge scores
+    greedy: list[str] | None = None  # greedy answers to the report's sample prompts
 
 
 def run(recipe: EvalRecipe) -> StageResult:
@@ -83,6 +85,10 @@ def run(recipe: EvalRecipe) -> StageResult:
             model, tokenizer = _load(cfg, device)
             _check_same_vocab(label, tokenizer, reference_tokenizer)
         results[label] = sample_responses(model, tokenizer, reference, prompts, recipe)
+        if recipe.report.greedy and recipe.report.num_samples:
+            shown = prompts[: recipe.report.num_samples]
+            results[label].greedy = sample(model, tokenizer, shown, max_new_tokens=recipe.generation.max_new_tokens,
+                                           temperature=0.0, batch_size=recipe.generation.batch_size).texts
         logger.info("%s: %d responses, mean KL %.3f, mean length %.1f tokens", label, len(prompts),
                     results[label].kl.mean().item(), results[label].tokens.mean().item())
         if model is not reference:
@@ -269,11 +275,13 @@ def report(recipe: EvalRecipe, prompts: list[Prompt], results: dict[str, Respons
         lines.append("No training run with a metrics.jsonl (set a policy's run_dir, or report.runs).")
     lines += ["", "## Samples", ""]
     for i, prompt in enumerate(prompts[: recipe.report.num_samples]):
-        lines += [f"### {i + 1}. {markdown_cell(prompt)}", "", "| model | response | reward | KL | tokens |",
-                  "| --- | --- | --- | --- | --- |"]
+        greedy = all(res.greedy is not None for res in results.values())
+        head = "| model | response | reward | KL | tokens |" + (" greedy response |" if greedy else "")
+        lines += [f"### {i + 1}. {markdown_cell(prompt)}", "", head, "| --- | --- | --- | --- | --- |" + (" --- |" if greedy else "")]
         for label, res in results.items():
             reward = f"{res.rewards[i].item():.3f}" if res.rewards is not None else "-"
-            lines.append(f"| {label} | {markdown_cell(res.texts[i]) or '(empty)'} | {reward} | "
-                         f"{res.kl[i].item():.3f} | {int(res.tokens[i].item())} |")
+            row = (f"| {label} | {markdown_cell(res.texts[i]) or '(empty)'} | {reward} | "
+                   f"{res.kl[i].item():.3f} | {int(res.tokens[i].item())} |")
+            lines.append(row + (f" {markdown_cell(res.greedy[i]) or '(empty)'} |" if greedy else ""))
         lines.append("")
     return "\n".join(lines)

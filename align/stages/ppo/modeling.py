@@ -52,6 +52,7 @@ class PolicyAndValue(nn.Module):
         response_length: int,
         temperature: float = 1.0,
         with_values: bool = True,
+        detach_trunk: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits and values at the positions that predict the response tokens.
 
@@ -59,7 +60,9 @@ class PolicyAndValue(nn.Module):
         with T = ``response_length``. Returns ``logits`` (B, T, V) divided by ``temperature``
         (the distribution the tokens were sampled from) and ``values`` (B, T) or None.
         Position t holds the logits and value of the state before response token t (sequence
-        position P + t - 1): logits ``[:, :-1]`` pair with ids ``[:, 1:]``.
+        position P + t - 1): logits ``[:, :-1]`` pair with ids ``[:, 1:]``. ``detach_trunk``: the
+        value head reads a shared trunk's hidden states without sending gradient into them (value
+        warm-up trains the head alone).
         """
         want_hidden = with_values and self.critic is None
         logits, hidden = response_logits(self.policy, input_ids, attention_mask, response_length, want_hidden)
@@ -69,8 +72,13 @@ class PolicyAndValue(nn.Module):
                 out = self.critic(input_ids=input_ids, attention_mask=attention_mask,
                                   position_ids=position_ids(attention_mask))
                 hidden = out.last_hidden_state[:, -(response_length + 1) : -1]  # (B, T, H)
-            values = self.value_head(hidden)
+            values = self.value_head(hidden.detach() if detach_trunk and self.critic is None else hidden)
         return logits / temperature, values
+
+    def value_parameters(self) -> list[nn.Parameter]:
+        """The value model's own parameters: the head, and the critic's trunk when there is one."""
+        own = list(self.value_head.parameters())
+        return own + (list(self.critic.parameters()) if self.critic is not None else [])
 
 
 @contextmanager

@@ -123,8 +123,8 @@ class PPOTrainer:
             project_dir=self.out,
         )
         acc = self.accelerator
-        trainable = [p for p in module.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=training.learning_rate, weight_decay=training.weight_decay)
+        optimizer = torch.optim.AdamW(_parameter_groups(module, recipe), lr=training.learning_rate,
+                                      weight_decay=training.weight_decay)
         scheduler = _scheduler(recipe, optimizer)
         self.module, self.optimizer, self.scheduler = acc.prepare(module, optimizer, scheduler)
         self.reference = self._prepare_reference(reference)
@@ -186,7 +186,10 @@ class PPOTrainer:
         t1 = time.perf_counter()
         scores = score(self.judge, rows, samples.texts, samples.finished, recipe.reward)
         t2 = time.perf_counter()
-        exp, kl, rewards = self._experience(samples, scores.final.to(acc.device))
+        final = scores.final
+        if recipe.ppo.normalize_scores:  # kl_coef then means the same for any judge's scale
+            final = (final - final.mean()) / (final.std(unbiased=False) + 1e-8)
+        exp, kl, rewards = self._experience(samples, final.to(acc.device))
         t3 = time.perf_counter()
         update_stats = self._update(exp)
         t4 = time.perf_counter()
@@ -300,7 +303,9 @@ class PPOTrainer:
                     accumulation: int) -> dict[str, torch.Tensor]:
         """Forward, losses and backward of one micro-batch; the optimizer steps on the minibatch's last."""
         ppo, acc = self.recipe.ppo, self.accelerator
-        logits, values = self.module(exp.sequences[idx], exp.attention_mask[idx], T, self.recipe.generation.temperature)
+        warming_up = self.iteration < self.recipe.value.warmup_iterations  # the value model alone trains
+        logits, values = self.module(exp.sequences[idx], exp.attention_mask[idx], T, self.recipe.generation.temperature,
+                                     detach_trunk=warming_up)
         mask = exp.mask[idx]
         logprobs = token_logprobs(logits, exp.response_ids[idx])
         pg_loss, pg_stats = ppo_ops.policy_loss(logprobs, exp.old_logprobs[idx], exp.advantages[idx], mask,
@@ -310,7 +315,7 @@ class PPOTrainer:
         # Without a bonus the entropy is only logged: no graph through a (B, T, V) softmax.
         with torch.set_grad_enabled(ppo.ent_coef > 0 and torch.is_grad_enabled()):
             entropy = token_mean(entropy_from_logits(logits.float()), mask, minibatch_tokens)
-        loss = pg_loss + ppo.vf_coef * vf_loss - ppo.ent_coef * entropy
+        loss = ppo.vf_coef * vf_loss if warming_up else pg_loss + ppo.vf_coef * vf_loss - ppo.ent_coef * entropy
         acc.backward(loss * accumulation)  # accelerate divides by the accumulation steps
         if acc.sync_gradients:
             acc.clip_grad_norm_(self.module.parameters(), self.recipe.training.max_grad_norm)
@@ -433,6 +438,17 @@ def _disable_dropout(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0
+
+
+def _parameter_groups(module: PolicyAndValue, recipe: PPORecipe) -> list[dict[str, Any]]:
+    """The policy's trainable parameters at ``training.learning_rate``; the value model's at ``value.learning_rate``."""
+    value_ids = {id(p) for p in module.value_parameters()}
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if id(p) not in value_ids]},
+              {"params": [p for p in trainable if id(p) in value_ids]}]
+    if recipe.value.learning_rate is not None:
+        groups[1]["lr"] = recipe.value.learning_rate
+    return [group for group in groups if group["params"]]
 
 
 def _scheduler(recipe: PPORecipe, optimizer: torch.optim.Optimizer):  # noqa: ANN202
