@@ -14,6 +14,7 @@ Modules, from the database out:
 - ``db``: SQLAlchemy tables and engine setup (SQLite in WAL mode by default, PostgreSQL by URL);
 - ``passwords``: scrypt hashes with a per-user salt, constant-time comparison;
 - ``store``: every read and write as one short transaction (leases, labels, users, sessions);
+- ``logins``: failed-login back-off per user and per address, in front of Gradio's ``/login``;
 - ``agreement``: Cohen's kappa and Krippendorff's alpha, pure functions;
 - ``export``: labels -> preference / ranking / rating rows that the dataset layer loads as they are;
 - ``app``: the Gradio Blocks app, whose callbacks only read the request, validate, call the store;

@@ -303,8 +303,8 @@ class Handlers:
     def load(self, request: gr.Request) -> list[Any]:
         user = self._who(request)
         role = "admin" if user.is_admin else "annotator"
-        return [*self._current(user), f"Logged in as **{md_text(user.name)}** ({role}) · project **{md_text(self.project)}**",
-                gr.update(visible=user.is_admin)]
+        who = f"Logged in as **{md_text(user.name)}** ({role}) · project **{md_text(self.project)}**"
+        return [*self._current(user), who, gr.update(visible=user.is_admin)]
 
     def current(self, request: gr.Request) -> list[Any]:
         return self._current(self._who(request))

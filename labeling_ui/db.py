@@ -152,7 +152,7 @@ def make_engine(db: str | Path) -> Engine:
 
 
 def _private_sqlite_file(url: str) -> None:
-    """Create the database file 0600 before SQLite would create it 0644; warn if an existing one is readable by others."""
+    """Create the database file 0600 before SQLite makes it 0644; warn if an existing one is readable by others."""
     database = make_url(url).database
     if not database or database == ":memory:" or database.startswith("file:"):
         return

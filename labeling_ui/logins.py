@@ -1,6 +1,6 @@
 """Login throttling: exponential back-off per user name and per client address, in front of Gradio's ``/login``.
 
-    throttle = LoginThrottle()   # per user: 5 free failures, then 1 s, 2 s, ... up to 60 s; per address: 20, up to 300 s
+    throttle = LoginThrottle()  # per user: 5 free failures, then 1 s, 2 s, ... up to 60 s; per address 20, 300 s
     app_kwargs = {"middleware": [Middleware(LoginGuard, throttle=throttle)]}
 
 After ``free`` failed logins in a row, a user name (or address) must wait ``base * 2**(failures -

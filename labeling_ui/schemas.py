@@ -70,7 +70,9 @@ class ProjectConfig(Section):
         min_length=1,
         description="Reasons offered when skipping an item.",
     )
-    session_hours: float = Field(12.0, gt=0, allow_inf_nan=False, description="A login stays valid this long, across server restarts.")
+    session_hours: float = Field(
+        12.0, gt=0, allow_inf_nan=False, description="A login stays valid this long, across server restarts."
+    )
 
 
 # --------------------------------------------------------------------------- names and stored text

@@ -192,11 +192,15 @@ class LabelStore:
 
     # ----------------------------------------------------------------------- lookups
 
+    @staticmethod
+    def _find_project(session: Session, name: str, lock: bool = False) -> Project | None:
+        if text_problem(name, MAX_PROJECT_NAME) is not None:  # no such project can exist, and PostgreSQL would raise
+            return None
+        query = select(Project).where(Project.name == name)
+        return session.scalars(query.with_for_update() if lock else query).first()
+
     def _project(self, session: Session, name: str, lock: bool = False) -> Project:
-        project = None
-        if text_problem(name, MAX_PROJECT_NAME) is None:  # else no such project can exist: PostgreSQL would raise
-            query = select(Project).where(Project.name == name)
-            project = session.scalars(query.with_for_update() if lock else query).first()
+        project = self._find_project(session, name, lock)
         if project is None:
             known = session.scalars(select(Project.name).order_by(Project.name)).all()
             listing = ", ".join(known) if known else "none yet"
@@ -227,13 +231,21 @@ class LabelStore:
 
     def create_project(self, name: str, config: ProjectConfig | None = None, *, update: bool = False) -> ProjectConfig:
         """Create project ``name`` (or, with ``update``, replace an existing project's config); return its config."""
-        return self._transact(lambda s: ProjectConfig.model_validate(self._upsert_project(s, name, config, update).config))
+
+        def work(session: Session) -> ProjectConfig:
+            return ProjectConfig.model_validate(self._upsert_project(session, name, config, update).config)
+
+        return self._transact(work)
 
     def _upsert_project(self, session: Session, name: str, config: ProjectConfig | None, update: bool) -> Project:
-        """Project ``name``, created (a safe slug only) if missing; ``config`` replaces its config when ``update``."""
-        project = session.scalars(select(Project).where(Project.name == check_project_name(name))).first()
+        """Project ``name``, created (a safe slug only) if missing; ``config`` replaces its config when ``update``.
+
+        Only a new name must be a slug: a project made by an older version keeps working under its name.
+        """
+        project = self._find_project(session, name)
         if project is None:
-            project = Project(name=name, config=(config or ProjectConfig()).model_dump(mode="json"), created_at=time.time())
+            project = Project(name=check_project_name(name), config=(config or ProjectConfig()).model_dump(mode="json"),
+                              created_at=time.time())
             session.add(project)
             session.flush()
         elif update and config is not None:
@@ -351,7 +363,7 @@ class LabelStore:
         return self._end_user(name, "disabled")
 
     def remove_user(self, name: str) -> UserInfo:
-        """Like ``disable_user``, for good: the password is wiped and the name is never reused (labels stay attributed)."""
+        """Like ``disable_user``, for good: the password is wiped, the name never reused (labels stay attributed)."""
         return self._end_user(name, "removed")
 
     def _end_user(self, name: str, status: str) -> UserInfo:
@@ -751,7 +763,8 @@ def _kept_draft(draft: dict[str, Any], n: int, config: ProjectConfig) -> dict[st
 
     return {
         "flags": [f for f in draft.get("flags") or [] if f in config.flags],
-        "ranks": [int(r) if number(r) and r == int(r) and 1 <= r <= n else None for r in (draft.get("ranks") or [])[:n]],
+        "ranks": [int(r) if number(r) and r == int(r) and 1 <= r <= n else None
+                  for r in (draft.get("ranks") or [])[:n]],
         "scores": [v if number(v) else None for v in (draft.get("scores") or [])[:n]],
     }
 

@@ -1,4 +1,4 @@
-"""Expected failures reach the user as ``align: error: ...`` (exit 2) naming the file, line or key, never a traceback."""
+"""Expected failures reach the user as ``align: error: ...`` (exit 2), naming the file, line or key: no traceback."""
 
 from __future__ import annotations
 

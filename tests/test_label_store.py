@@ -396,14 +396,19 @@ def test_project_names_are_slugs_and_odd_lookups_never_reach_the_database(db_url
         with pytest.raises(LabelError, match="project name .*: use 1-64 letters"):
             store.create_project(name)
         with pytest.raises(LabelError, match="project name"):
-            store.import_items(name, [("c:1", parse_candidate({"id": 1, "prompt": "q", "responses": ["x", "y"]}, "c:1"))],
-                               create=True)
+            row = ("c:1", parse_candidate({"id": 1, "prompt": "q", "responses": ["x", "y"]}, "c:1"))
+            store.import_items(name, [row], create=True)
     assert store.projects() == []
     store.create_project("demo-1.v2_x")
     # Names PostgreSQL could not even compare (NUL, over the column's 128) are unknown projects on both backends.
     for name in ("p" * 200, "a\x00b", "\ud800"):
         with pytest.raises(UnknownProject, match="projects: demo-1.v2_x"):
             store.next_task(name, "a")
+    # A project an older version created under a name that is no slug keeps working.
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO projects (name, config, created_at) VALUES ('old name', '{}', 0)")
+    row = ("c:1", parse_candidate({"id": 1, "prompt": "q", "responses": ["x", "y"]}, "c:1"))
+    assert store.import_items("old name", [row], create=True).added == 1
 
 
 def test_ids_and_texts_are_checked_alike_on_both_databases(db_url: str) -> None:
