@@ -73,8 +73,9 @@ class ModelConfig(Section):
         description="Hub id, local directory, .gguf file, or an offline alias (smollm2-135m-instruct, minilm-l6).",
     )
     gguf_file: str | None = Field(None, description="GGUF file name inside name_or_path (a directory).")
-    method: Literal["full", "lora", "qlora", "prompt_tuning", "partial"] = Field(
-        "full", description="Which parameters train."
+    method: Literal["full", "lora", "qlora", "prompt_tuning", "partial", "feature_extraction"] = Field(
+        "full", description="Which parameters train; feature_extraction (reward model only): the head alone, on "
+        "the frozen encoder's cached features."
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype when loading.")
     lora: LoraSettings = Field(default_factory=LoraSettings, description="Used when method is lora or qlora.")
@@ -92,8 +93,9 @@ class DataConfig(Section):
     format: Literal["auto", "records", "hh-rlhf", "trl", "ultrafeedback", "shp"] = Field(
         "auto", description="Dataset format (README's data table); 'auto' recognises it and logs what it found."
     )
-    file_type: Literal["auto", "jsonl", "json", "csv", "parquet", "disk", "hub"] = Field(
-        "auto", description="How path is read; 'auto' guesses from the extension or directory contents."
+    file_type: Literal["auto", "jsonl", "json", "csv", "parquet", "disk", "hub", "txt"] = Field(
+        "auto", description="How path is read; 'auto' guesses from the extension or directory contents. 'txt': a "
+        ".txt file, or a directory of them, one document (an sft 'text' record) per file."
     )
     kind: RecordKind | None = Field(None, description="Record kind in the file; default: the stage's own kind.")
     split: str = Field("train", description="Split to read from a hub or save_to_disk DatasetDict.")
@@ -126,6 +128,25 @@ class DataConfig(Section):
 # --------------------------------------------------------------------------- training
 
 
+class AdversarialSettings(Section):
+    """Embedding-space adversarial training: loss = clean loss + weight x loss on perturbed input embeddings."""
+
+    method: Literal["fgm", "pgd"] = Field(
+        "fgm", description="'fgm': one step of L2 size epsilon along the gradient (https://arxiv.org/abs/1605.07725); "
+        "'pgd': `steps` steps of size alpha, each projected back into the epsilon ball (https://arxiv.org/abs/1706.06083)."
+    )
+    epsilon: float = Field(1.0, gt=0, description="L2 radius of each sequence's perturbation of its input embeddings.")
+    alpha: float | None = Field(None, gt=0, description="pgd: step size; default 2 x epsilon / steps.")
+    steps: int = Field(3, ge=1, description="pgd: ascent steps.")
+    weight: float = Field(1.0, ge=0, description="Weight of the adversarial loss added to the clean loss.")
+
+    @model_validator(mode="after")
+    def _pgd_only(self) -> "AdversarialSettings":
+        if self.method == "fgm" and ({"alpha", "steps"} & self.model_fields_set):
+            raise ValueError("alpha and steps apply to method 'pgd', not 'fgm'")
+        return self
+
+
 class TrainingConfig(Section):
     output_dir: str = Field("runs/run", description="Run directory: recipe, metrics, checkpoints, final model.")
     seed: int = Field(42)
@@ -152,6 +173,9 @@ class TrainingConfig(Section):
     deepspeed: str | None = Field(None, description="DeepSpeed JSON config, e.g. ds_configs/zero2.json.")
     gradient_checkpointing: bool = False
     bf16: bool = False
+    adversarial: AdversarialSettings | None = Field(
+        None, description="Embedding-space adversarial training (sft and reward stages only); null: off."
+    )
 
     @property
     def effective_batch_size(self) -> int:
@@ -189,6 +213,13 @@ class StageRecipe(Section):
     stage: str
     name: str | None = Field(None, description="Name other pipeline stages use to refer to this one.")
     force: bool = Field(False, description="In a pipeline, re-run even if a finished output exists.")
+
+    @model_validator(mode="after")
+    def _adversarial_where_supported(self) -> "StageRecipe":
+        training = getattr(self, "training", None)
+        if getattr(training, "adversarial", None) is not None and self.stage not in ("sft", "reward"):
+            raise ValueError(f"training.adversarial is supported by the sft and reward stages, not '{self.stage}'")
+        return self
 
 
 class SFTRecipe(StageRecipe):
@@ -253,6 +284,9 @@ class RewardOptions(Section):
     reliability_bins: int = Field(10, ge=2, description="Bins of the reliability curve (reliability.png).")
 
 
+REWARD_METHODS = ("full", "lora", "partial", "feature_extraction")
+
+
 class RewardRecipe(StageRecipe):
     """``align reward``: a BERT-style encoder + head trained on preferences, rankings and ratings.
 
@@ -279,8 +313,9 @@ class RewardRecipe(StageRecipe):
 
     @model_validator(mode="after")
     def _supported(self) -> "RewardRecipe":
-        if self.model.method not in ("full", "lora"):
-            raise ValueError(f"model.method='{self.model.method}' is not supported by the reward stage; use 'full' or 'lora'")
+        if self.model.method not in REWARD_METHODS:
+            raise ValueError(f"model.method='{self.model.method}' is not supported by the reward stage; use one of "
+                             f"{', '.join(REWARD_METHODS)}")
         for i, source in enumerate(self.data):
             if source.kind not in (None, "preference", "ranking", "rating"):
                 raise ValueError(
@@ -448,7 +483,7 @@ class GRPORecipe(StageRecipe):
 
 # --------------------------------------------------------------------------- dpo
 
-DPOLoss = Literal["sigmoid", "conservative", "robust", "hinge", "ipo", "sft"]
+DPOLoss = Literal["sigmoid", "conservative", "robust", "hinge", "ipo", "sft", "simpo", "orpo"]
 
 
 class DPOOptions(Section):
@@ -457,12 +492,15 @@ class DPOOptions(Section):
         default_factory=lambda: ["sigmoid"],
         min_length=1,
         description="Loss variants, summed with loss_weights: sigmoid (DPO), conservative (cDPO), robust (rDPO), "
-        "hinge (SLiC), ipo, sft (chosen NLL per token; [sigmoid, sft] is DPO+SFT). A single name is allowed.",
+        "hinge (SLiC), ipo, sft (chosen NLL per token; [sigmoid, sft] is DPO+SFT), and the reference-free simpo "
+        "and orpo (NLL + beta x odds-ratio term; no reference model is loaded when every loss is reference-free). "
+        "A single name is allowed.",
     )
     loss_weights: list[float] | None = Field(None, description="One weight per loss; default 1.0 each.")
     label_smoothing: float = Field(
         0.0, ge=0, lt=0.5, description="Assumed rate eps of flipped labels, read by the conservative and robust losses."
     )
+    simpo_gamma: float = Field(0.5, ge=0, description="simpo: target reward margin gamma (SimPO, Eq. 6).")
     precompute_ref: bool = Field(
         False, description="Full/partial fine-tuning: score the data with the reference before training, so no "
         "reference model is in memory while training. (Adapter methods never hold a second model.)"
@@ -498,6 +536,10 @@ class DPOOptions(Section):
                 f"label_smoothing={self.label_smoothing} is read only by the conservative and robust losses, "
                 f"but loss={self.loss}"
             )
+        if "orpo" in self.loss and "sft" in self.loss:
+            raise ValueError(f"loss={self.loss}: orpo already includes the chosen NLL (sft); remove 'sft'")
+        if "simpo_gamma" in self.model_fields_set and "simpo" not in self.loss:
+            raise ValueError(f"simpo_gamma={self.simpo_gamma} is read only by the simpo loss, but loss={self.loss}")
         if self.pack_row_tokens is not None and not self.padding_free:
             raise ValueError(f"pack_row_tokens={self.pack_row_tokens} needs padding_free=true (got padding_free=false)")
         return self
@@ -711,3 +753,160 @@ class AutoLabelRecipe(StageRecipe):
     noise_kind: Literal["gaussian", "gumbel"] = Field("gaussian")
     export: AutoLabelExport = Field(default_factory=AutoLabelExport)
     training: OutputSettings = Field(default_factory=lambda: OutputSettings(output_dir="runs/autolabel"))
+
+
+# --------------------------------------------------------------------------- issue 15: pretrain, distill, kto, online dpo, augment
+
+
+class PretrainOptions(Section):
+    general_eval: DataConfig | None = Field(
+        None, description="Held-out general (out-of-domain) text: perplexity before and after shows what adaptation costs."
+    )
+    eval_documents: int = Field(64, gt=0, description="Perplexity on at most this many held-out documents per set.")
+
+
+class PretrainRecipe(StageRecipe):
+    """``align pretrain``: continued pretraining on raw text, packed rows with per-document attention."""
+
+    stage: Literal["pretrain"] = "pretrain"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(..., description="Domain text: sft 'text' records, a .txt file or a directory of them.")
+    training: TrainingConfig = Field(default_factory=lambda: TrainingConfig(output_dir="runs/pretrain", learning_rate=1e-4))
+    pretrain: PretrainOptions = Field(default_factory=PretrainOptions)
+
+
+class DistillOptions(Section):
+    teacher: ModelConfig = Field(..., description="The teacher: must share the student's tokenizer.")
+    mode: Literal["token", "on_policy", "sequence"] = Field(
+        "token", description="'token': divergence on the data's completions (teacher logits); 'on_policy': on the "
+        "student's own samples each step (GKD); 'sequence': NLL of teacher generations, made once before training."
+    )
+    beta: float | None = Field(
+        None, ge=0, le=1, description="Generalized JSD weight: 0 forward KL(teacher||student), 1 reverse "
+        "KL(student||teacher), between: JSD_beta. Default 0 for 'token', 1 for 'on_policy'; unused by 'sequence'."
+    )
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature of both distributions in the loss.")
+    generation: GenerationSettings = Field(
+        default_factory=GenerationSettings, description="Sampling of on_policy (student) and sequence (teacher) completions."
+    )
+
+    @property
+    def divergence_beta(self) -> float:
+        return self.beta if self.beta is not None else (1.0 if self.mode == "on_policy" else 0.0)
+
+    @model_validator(mode="after")
+    def _beta_has_a_use(self) -> "DistillOptions":
+        if self.mode == "sequence" and self.beta is not None:
+            raise ValueError(f"beta={self.beta} is unused by mode 'sequence' (NLL of teacher generations); remove it")
+        return self
+
+
+class DistillRecipe(StageRecipe):
+    """``align distill``: a student learns from a teacher's logits or generations."""
+
+    stage: Literal["distill"] = "distill"
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The student.")
+    data: DataConfig = Field(..., description="SFT data (prompt/completion or chats), or prompts for on_policy/sequence.")
+    training: TrainingConfig = Field(default_factory=lambda: TrainingConfig(output_dir="runs/distill", learning_rate=1e-4))
+    distill: DistillOptions
+
+
+class KTOOptions(Section):
+    beta: float = Field(0.1, gt=0, description="KTO beta: scale of the implicit reward beta x log-ratio.")
+    desirable_weight: float = Field(1.0, gt=0, description="lambda_D: weight of thumbs-up examples.")
+    undesirable_weight: float = Field(1.0, gt=0, description="lambda_U: weight of thumbs-down examples.")
+    threshold: float = Field(0.5, description="Rating records: a score above this is a thumbs-up, else a thumbs-down.")
+
+
+class KTORecipe(StageRecipe):
+    """``align kto``: Kahneman-Tversky optimisation on unpaired thumbs-up/down feedback (TRL KTOTrainer)."""
+
+    stage: Literal["kto"] = "kto"
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The policy; also the reference, frozen.")
+    data: DataConfig = Field(..., description="Rating records (thumbs by threshold) or preference pairs (unpaired).")
+    training: TrainingConfig = Field(default_factory=lambda: TrainingConfig(output_dir="runs/kto", learning_rate=5e-6))
+    kto: KTOOptions = Field(default_factory=KTOOptions)
+
+    @model_validator(mode="after")
+    def _feedback_kind(self) -> "KTORecipe":
+        if self.data.kind not in (None, "rating", "preference"):
+            raise ValueError(f"data.kind='{self.data.kind}': kto trains on rating (thumbs) or preference records")
+        return self
+
+
+class OnlineSettings(Section):
+    rounds: int = Field(3, gt=0, description="Rounds of sample -> judge -> DPO; each trains training.max_steps steps.")
+    prompts_per_round: int = Field(16, gt=0, description="Prompts sampled per round (cycling through the data).")
+    samples_per_prompt: int = Field(
+        2, ge=2, description="Responses per prompt; the judge's best and worst form the pair (ties dropped)."
+    )
+
+
+class OnlineDPORecipe(StageRecipe):
+    """``align online_dpo``: iterative DPO; the reference stays the starting policy across rounds."""
+
+    stage: Literal["online_dpo"] = "online_dpo"
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The starting policy (and reference).")
+    data: DataConfig = Field(..., description="Prompts; any record kind with a prompt converts.")
+    reward: JudgeSettings
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    online: OnlineSettings = Field(default_factory=OnlineSettings)
+    dpo: DPOOptions = Field(default_factory=DPOOptions)
+    training: TrainingConfig = Field(
+        default_factory=lambda: TrainingConfig(output_dir="runs/online_dpo", learning_rate=5e-6, max_steps=10)
+    )
+
+    @model_validator(mode="after")
+    def _steps_per_round(self) -> "OnlineDPORecipe":
+        if self.training.max_steps == -1:
+            raise ValueError("training.max_steps=-1: online_dpo trains max_steps steps per round; give a count")
+        return self
+
+
+class AugmentMethod(Section):
+    kind: Literal["noise", "synonym", "paraphrase", "back_translation"] = Field(
+        ..., description="noise: character/word edits; synonym: word swaps from a table; paraphrase and "
+        "back_translation: rewrites sampled from `model`."
+    )
+    copies: int = Field(1, gt=0, description="Augmented rows made per source row.")
+    fields: list[Literal["prompt", "completion", "chosen", "rejected"]] = Field(
+        default_factory=lambda: ["prompt"], min_length=1, description="Which text fields are rewritten."
+    )
+    probability: float = Field(0.1, gt=0, le=1, description="noise/synonym: chance each word is edited.")
+    synonyms: str | None = Field(None, description="synonym: a JSON file {word: [synonyms]}; default a small built-in table.")
+    model: ModelConfig | None = Field(None, description="paraphrase / back_translation: the model that rewrites.")
+    pivot_language: str = Field("French", description="back_translation: the language translated to and back from.")
+    generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=96, temperature=0.7))
+
+    @model_validator(mode="after")
+    def _model_when_needed(self) -> "AugmentMethod":
+        needs_model = self.kind in ("paraphrase", "back_translation")
+        if needs_model and self.model is None:
+            raise ValueError(f"kind '{self.kind}' needs a model (a causal LM that follows instructions)")
+        if not needs_model and self.model is not None:
+            raise ValueError(f"kind '{self.kind}' uses no model; remove model")
+        if self.kind != "synonym" and self.synonyms is not None:
+            raise ValueError(f"synonyms applies to kind 'synonym', not '{self.kind}'")
+        return self
+
+
+class AugmentRecipe(StageRecipe):
+    """``align augment``: augmented SFT/preference rows with provenance; eval rows are never augmented or matched."""
+
+    stage: Literal["augment"] = "augment"
+    data: DataConfig = Field(..., description="SFT (prompt/completion) or preference records; eval split kept apart.")
+    methods: list[AugmentMethod] = Field(..., min_length=1, description="Each method adds its copies of every train row.")
+    keep_original: bool = Field(True, description="Write the original train rows too.")
+    training: OutputSettings = Field(default_factory=lambda: OutputSettings(output_dir="runs/augment"))
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> "AugmentRecipe":
+        allowed = {"preference": {"prompt", "chosen", "rejected"}, "sft": {"prompt", "completion"}}
+        kind = self.data.kind or "sft"
+        if kind not in allowed:
+            raise ValueError(f"data.kind='{kind}': augment reads sft or preference records")
+        for i, method in enumerate(self.methods):
+            wrong = sorted(set(method.fields) - allowed[kind])
+            if wrong:
+                raise ValueError(f"methods[{i}].fields: {wrong} are not fields of {kind} records ({sorted(allowed[kind])})")
+        return self

@@ -78,6 +78,7 @@ class RewardModel(nn.Module):
         # Small init so the first scores are near 0 and the pair loss starts near log 2.
         nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(hidden + 1))
         nn.init.zeros_(self.head.bias)
+        self._features: dict[tuple[int, ...], torch.Tensor] | None = None  # see cache_features
 
     # ------------------------------------------------------------------ forward
 
@@ -89,10 +90,46 @@ class RewardModel(nn.Module):
         **_: Any,
     ) -> torch.Tensor:
         """input_ids, attention_mask, token_type_ids: (B, T) -> raw scores (B,), float32."""
+        if self._features is None:
+            pooled = self._encode(input_ids, attention_mask, token_type_ids)
+        else:
+            pooled = self._cached_features(input_ids, attention_mask, token_type_ids)
+        return self.head(self.dropout(pooled)).squeeze(-1)  # (B,)
+
+    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        """Pooled encoder features (B, H), float32."""
         kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None and self.uses_token_types else {}
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-        pooled = pool(hidden, attention_mask, self.reward_config.pooling).float()  # (B, H)
-        return self.head(self.dropout(pooled)).squeeze(-1)  # (B,)
+        return pool(hidden, attention_mask, self.reward_config.pooling).float()  # (B, H)
+
+    def cache_features(self) -> None:
+        """Feature extraction: freeze the encoder and keep each input's pooled features once computed.
+
+        Only the head trains, so after an input's first pass its features come from the cache and a
+        step costs one head pass. Features are computed with the encoder in eval mode (no dropout),
+        so the cached value is the one the saved model gives when scoring.
+        """
+        self.encoder.requires_grad_(False)
+        self._features = {}
+
+    def _cached_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
+        keys = [tuple((ids[mask.bool()] * 4 + kinds[mask.bool()]).tolist())  # ids and segments in one key
+                for ids, kinds, mask in zip(input_ids, types, attention_mask)]
+        missing = [i for i, key in enumerate(keys) if key not in self._features]
+        if missing:
+            rows = torch.tensor(missing, device=input_ids.device)
+            was_training = self.encoder.training
+            self.encoder.eval()
+            with torch.no_grad():
+                fresh = self._encode(input_ids[rows], attention_mask[rows],
+                                     token_type_ids[rows] if token_type_ids is not None else None)
+            self.encoder.train(was_training)
+            for i, features in zip(missing, fresh):
+                self._features[keys[i]] = features
+        return torch.stack([self._features[key] for key in keys])  # (B, H)
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         """Delegate to the encoder (HF Trainer calls this when ``gradient_checkpointing`` is on)."""

@@ -177,3 +177,39 @@ def test_recipe_schema(tiny_bert_dir, tmp_path):
         RewardRecipe.model_validate({"data": {"path": "x"}, "reward": {"poolin": "cls"}})
     with pytest.raises(ValueError, match="training.eval_steps=5 needs eval data"):
         recipe(tiny_bert_dir, tmp_path / "run", {"path": "p.jsonl"}, eval_steps=5)
+
+
+@pytest.mark.parametrize("method", ["feature_extraction", "partial"])
+def test_frozen_encoders_keep_their_weights(tiny_bert_dir, tmp_path, method):
+    """feature_extraction trains the head alone (the encoder stays bit-identical); partial, the top layer too."""
+    from safetensors.torch import load_file
+
+    data = {"path": write_jsonl(tmp_path / "train.jsonl", preference_rows(200, seed=0)),
+            "eval_path": write_jsonl(tmp_path / "eval.jsonl", preference_rows(100, seed=1))}
+    model = {"method": method, "partial": {"trainable_top_k": 1, "train_head": False}}
+    result = run(recipe(tiny_bert_dir, tmp_path / method, data, model=model, learning_rate=1e-2))
+    before, after = load_file(tiny_bert_dir / "model.safetensors"), load_file(result.output_dir / "model.safetensors")
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    if method == "feature_extraction":
+        assert not changed
+    else:
+        assert changed and all(".layer.1." in name for name in changed), changed  # the tiny BERT has layers 0 and 1
+    assert result.metrics["eval/accuracy"] > 0.75, result.metrics
+
+
+def test_cached_features_skip_the_encoder_and_match_it(tiny_bert_dir):
+    from reward_models.model import RewardModel
+    from reward_models.text import PairEncoder
+
+    model = RewardModel.from_encoder(tiny_bert_dir, max_length=32, head_dropout=0.0)
+    batch = PairEncoder(model.tokenizer, 32)(["is the fox quick ?"] * 2, ["yes the fox is quick", "no"])
+    plain = model(**batch).detach()
+    model.cache_features()
+    calls = []
+    model.encoder.register_forward_hook(lambda *args: calls.append(1))
+    first, second = model(**batch), model(**batch)
+    torch.testing.assert_close(first.detach(), plain)
+    torch.testing.assert_close(second.detach(), plain)
+    assert len(calls) == 1  # the second pass read the cache
+    second.sum().backward()
+    assert model.head.weight.grad is not None and all(p.grad is None for p in model.encoder.parameters())

@@ -141,6 +141,9 @@ def load_policy(cfg: ModelConfig, *, trainable: bool = True) -> tuple[nn.Module,
     if not trainable:
         freeze(model)
     else:
+        if cfg.method not in METHODS:
+            raise ValueError(f"model.method='{cfg.method}' applies to the reward model only; a policy trains with "
+                             f"one of {', '.join(METHODS)}")
         model = METHODS[cfg.method](model, cfg, source)
         model.train()
     log_parameter_count(model)

@@ -141,7 +141,11 @@ def _sample(units: list[dict[str, Any]], limit: int, seed: int) -> list[dict[str
 
 
 def build_model(recipe: RewardRecipe):  # noqa: ANN201 - RewardModel, imported lazily
-    """A fresh RewardModel on the recipe's encoder, with LoRA on the encoder if asked (the head trains fully)."""
+    """A fresh RewardModel on the recipe's encoder; the head always trains, the encoder as ``model.method`` says.
+
+    full: all of it; lora: adapters; partial: its top ``partial.trainable_top_k`` layers;
+    feature_extraction: none of it, with features cached (small label sets overfit a full encoder).
+    """
     from align.models import resolve_model_source, torch_dtype
     from reward_models.model import RewardModel
 
@@ -167,6 +171,12 @@ def build_model(recipe: RewardRecipe):  # noqa: ANN201 - RewardModel, imported l
             modules_to_save=cfg.lora.modules_to_save or None,
         )
         model.encoder = get_peft_model(model.encoder, lora)
+    elif cfg.method == "partial":  # the top encoder layers train, the rest stays as pretrained
+        from align.models import set_partial_trainable
+
+        set_partial_trainable(model.encoder, cfg.partial, cfg.partial.trainable_top_k)
+    elif cfg.method == "feature_extraction":
+        model.cache_features()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     logger.info("reward model on %s (%s): %d / %d parameters trainable", source, cfg.method, trainable, total)
