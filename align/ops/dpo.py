@@ -8,7 +8,8 @@ per-pair loss ``(B,)``; ``dpo_loss`` weights, sums and averages over pairs. Nota
 
     h = (log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))     # chosen minus rejected log-ratio
 
-and the implicit rewards are ``beta * (log pi(y) - log pi_ref(y))``. Torch only.
+and the implicit rewards are ``beta * (log pi(y) - log pi_ref(y))``. The reference-free losses
+(``REFERENCE_FREE``: simpo, orpo, sft) read no reference log-probs. Torch only.
 """
 
 from __future__ import annotations
@@ -101,7 +102,31 @@ def sft_loss(p: PairLogps, beta: float, label_smoothing: float = 0.0) -> torch.T
     return -p.chosen / p.chosen_tokens.clamp(min=1)
 
 
-LossFn = Callable[[PairLogps, float, float], torch.Tensor]
+def simpo_loss(p: PairLogps, beta: float, label_smoothing: float = 0.0, gamma: float = 0.5) -> torch.Tensor:
+    """SimPO (https://arxiv.org/abs/2405.14734, Eq. 6), reference-free: the reward is the length-normalised
+    log-prob, ``-log sigmoid(beta (log pi(y_w)/|y_w| - log pi(y_l)/|y_l|) - gamma)``."""
+    margin = p.chosen / p.chosen_tokens.clamp(min=1) - p.rejected / p.rejected_tokens.clamp(min=1)
+    return -F.logsigmoid(beta * margin - gamma)
+
+
+def log_odds(mean_logp: torch.Tensor) -> torch.Tensor:
+    """``log(p / (1 - p))`` of ``p = exp(mean_logp)``, as ``x - log(-expm1(x))``.
+
+    ``mean_logp`` is clamped to at most -1e-6 (p < 1), where ``1 - p`` would be 0 and the odds infinite.
+    """
+    x = mean_logp.clamp(max=-1e-6)
+    return x - torch.log(-torch.expm1(x))
+
+
+def orpo_loss(p: PairLogps, beta: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """ORPO (https://arxiv.org/abs/2403.07691, Eq. 6-7), reference-free, ``beta`` as lambda: the chosen NLL per
+    token plus ``-beta log sigmoid(log odds(y_w) - log odds(y_l))``, odds of the per-token mean probability."""
+    chosen_mean = p.chosen / p.chosen_tokens.clamp(min=1)
+    rejected_mean = p.rejected / p.rejected_tokens.clamp(min=1)
+    return -chosen_mean - beta * F.logsigmoid(log_odds(chosen_mean) - log_odds(rejected_mean))
+
+
+LossFn = Callable[..., torch.Tensor]
 
 LOSSES: dict[str, LossFn] = {
     "sigmoid": sigmoid_loss,
@@ -110,8 +135,11 @@ LOSSES: dict[str, LossFn] = {
     "hinge": hinge_loss,
     "ipo": ipo_loss,
     "sft": sft_loss,
+    "simpo": simpo_loss,
+    "orpo": orpo_loss,
 }
 SMOOTHED_LOSSES = frozenset({"conservative", "robust"})  # the ones that read label_smoothing
+REFERENCE_FREE = frozenset({"simpo", "orpo", "sft"})  # the ones that read no reference log-probs
 
 
 def get_loss(name: str) -> LossFn:
@@ -126,12 +154,17 @@ def dpo_loss(
     beta: float,
     weights: list[float] | None = None,
     label_smoothing: float = 0.0,
+    simpo_gamma: float = 0.5,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """``sum_k weights[k] * mean_pairs(LOSSES[names[k]])``: the scalar loss and each term's mean (for logging)."""
+    """``sum_k weights[k] * mean_pairs(LOSSES[names[k]])``: the scalar loss and each term's mean (for logging).
+
+    ``simpo_gamma`` is read by ``simpo`` only.
+    """
     weights = [1.0] * len(names) if weights is None else weights
     if len(weights) != len(names):
         raise ValueError(f"loss_weights has {len(weights)} entries but loss has {len(names)}: {weights} vs {names}")
-    terms = {name: get_loss(name)(pairs, beta, label_smoothing).mean() for name in names}
+    extra = {"simpo": {"gamma": simpo_gamma}}
+    terms = {name: get_loss(name)(pairs, beta, label_smoothing, **extra.get(name, {})).mean() for name in names}
     total = sum(weight * terms[name] for name, weight in zip(names, weights))
     return total, terms
 

@@ -24,6 +24,7 @@ from typing import Any
 from align.config import DPORecipe
 from align.data import load_records
 from align.models import load_policy, load_reference, partial_callbacks
+from align.ops.dpo import REFERENCE_FREE
 from align.run import StageResult, finish_stage, prepare_run_dir
 from align.sampling import conversational
 from align.training import hf_training_kwargs, save_final_model, train_with_resume, trainer_callbacks
@@ -37,7 +38,8 @@ def run(recipe: DPORecipe) -> StageResult:
     logger.info("data: %d train / %d eval pairs %s", len(data.train), len(data.eval or []), data.stats)
     model, tokenizer = load_policy(recipe.model)
     # precompute_ref with full fine-tuning: TRL scores the data with the policy before its first step.
-    reference = None if recipe.dpo.precompute_ref else load_reference(recipe.model)
+    no_reference = recipe.dpo.precompute_ref or set(recipe.dpo.loss) <= REFERENCE_FREE
+    reference = None if no_reference else load_reference(recipe.model)
 
     trainer, monitor = build_trainer(recipe, model, reference, tokenizer, data.train, data.eval, out)
     metrics: dict[str, Any] = train_with_resume(trainer, recipe.training)
@@ -79,6 +81,7 @@ def build_trainer(recipe: DPORecipe, model, reference, tokenizer, train, eval_da
         losses=options.loss,
         loss_weights=options.loss_weights,
         label_smoothing=options.label_smoothing,
+        simpo_gamma=options.simpo_gamma,
         padding_free=options.padding_free,
         pack_row_tokens=options.pack_row_tokens,
     )

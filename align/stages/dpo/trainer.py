@@ -23,7 +23,7 @@ from trl import DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
-from align.ops.dpo import PairLogps, dpo_loss, reward_metrics
+from align.ops.dpo import REFERENCE_FREE, PairLogps, dpo_loss, reward_metrics
 from align.ops.stats import falling_steadily
 from align.stages.dpo.packing import DataCollatorForPackedPreference, scored_token_mask, sequence_sums, unpack_to_padded
 
@@ -37,8 +37,12 @@ class AlignDPOTrainer(DPOTrainer):
     """``DPOTrainer`` whose loss is ``sum_k w_k * LOSSES[name_k]`` over pairs, on padded or packed batches.
 
     Args beyond DPOTrainer's: ``losses`` / ``loss_weights`` / ``label_smoothing`` (see
-    ``align.ops.dpo.dpo_loss``; ``args.beta`` is beta), ``padding_free`` and ``pack_row_tokens``
-    (see ``align.stages.dpo.packing.pack_preference``).
+    ``align.ops.dpo.dpo_loss``; ``args.beta`` is beta), ``simpo_gamma``, ``padding_free`` and
+    ``pack_row_tokens`` (see ``align.stages.dpo.packing.pack_preference``).
+
+    When every loss is reference-free (``align.ops.dpo.REFERENCE_FREE``) no reference is scored:
+    its log-probs are zeros. Under full fine-tuning TRL's constructor still builds a reference copy,
+    which is dropped at once.
     """
 
     def __init__(
@@ -47,6 +51,7 @@ class AlignDPOTrainer(DPOTrainer):
         losses: list[str] | None = None,
         loss_weights: list[float] | None = None,
         label_smoothing: float = 0.0,
+        simpo_gamma: float = 0.5,
         padding_free: bool = False,
         pack_row_tokens: int | None = None,
         **kwargs: Any,
@@ -55,6 +60,8 @@ class AlignDPOTrainer(DPOTrainer):
         self._loss_names = list(losses or ["sigmoid"])
         self._loss_weights = loss_weights
         self._label_smoothing = label_smoothing
+        self._simpo_gamma = simpo_gamma
+        self._reference_free = set(self._loss_names) <= REFERENCE_FREE
         self._packing_checked = not padding_free
         if padding_free:
             tokenizer = kwargs["processing_class"]
@@ -69,6 +76,8 @@ class AlignDPOTrainer(DPOTrainer):
             # drop the copy (and keep it out of the saved adapter).
             policy.delete_adapter("ref")
             policy.set_adapter("default")
+        if self._reference_free:
+            self.ref_model = None
 
     # ------------------------------------------------------------------ log-probs
 
@@ -122,14 +131,18 @@ class AlignDPOTrainer(DPOTrainer):
         if not self._packing_checked:
             self._check_packing(model, inputs)
         logps, tokens = self.sequence_logps(model, inputs)
-        if "ref_chosen_logps" in inputs:
+        if self._reference_free:
+            ref_chosen = ref_rejected = torch.zeros(len(logps) // 2, device=logps.device)
+        elif "ref_chosen_logps" in inputs:
             ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         else:
             ref_chosen, ref_rejected = self.compute_ref_log_probs(self.ref_model or self.model, inputs)
         chosen, rejected = logps.chunk(2)
         chosen_tokens, rejected_tokens = tokens.chunk(2)
         pairs = PairLogps(chosen, rejected, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens)
-        loss, terms = dpo_loss(pairs, self._loss_names, self.beta, self._loss_weights, self._label_smoothing)
+        loss, terms = dpo_loss(
+            pairs, self._loss_names, self.beta, self._loss_weights, self._label_smoothing, self._simpo_gamma
+        )
         self._record(mode, pairs, terms, inputs)
         return (loss, None) if return_outputs else loss
 
