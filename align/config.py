@@ -625,11 +625,22 @@ class EvalPolicy(Section):
         None, description="Training run whose metrics.jsonl is plotted; default: model.name_or_path (or an adapter "
         "dir's parent) when it holds a metrics.jsonl."
     )
+    best_of: int = Field(
+        1, ge=1, description="Best-of-N: sample N responses per prompt and keep the one 'selector' scores highest "
+        "(no training; its KL is the analytic log N - (N - 1) / N)."
+    )
+    selector: JudgeSettings | None = Field(None, description="The judge that picks the best of N (e.g. the reward model).")
 
     @model_validator(mode="before")
     @classmethod
     def _path_is_a_model(cls, values: Any) -> Any:
         return {"model": {"name_or_path": values}} if isinstance(values, str) else values
+
+    @model_validator(mode="after")
+    def _best_of_needs_a_selector(self) -> "EvalPolicy":
+        if self.best_of > 1 and self.selector is None:
+            raise ValueError(f"best_of={self.best_of} needs a selector: the judge that picks the best response")
+        return self
 
     @property
     def label(self) -> str:

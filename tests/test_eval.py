@@ -177,3 +177,17 @@ def test_shipped_recipe_loads() -> None:
 
     recipe = load_recipe(EvalRecipe, Path(__file__).parents[1] / "recipes" / "eval.yaml")
     assert [p.label for p in recipe.policies] == ["dpo", "ppo"] and recipe.reward.judge == "runs/reward"
+
+
+def test_best_of_n_beats_its_model_with_the_analytic_kl(models: dict[str, Path], tmp_path: Path) -> None:
+    recipe = _recipe(models, tmp_path / "bon").model_dump()
+    recipe["policies"] = [{"name": "best_of_4", "model": {"name_or_path": str(models["better"])}, "best_of": 4,
+                           "selector": {"judge": "test_eval:count_letters"}}]
+    recipe["baseline"] = {"name_or_path": str(models["better"])}
+    recipe["report"]["runs"] = []
+    m = run(validate(EvalRecipe, recipe)).metrics
+    assert m["eval/best_of_4/reward"] > m["eval/baseline/reward"]
+    assert m["eval/best_of_4/win_rate"] > 0.6
+    assert m["eval/best_of_4/kl"] == pytest.approx(math.log(4) - 3 / 4)  # 0.636 nats
+    with pytest.raises(RecipeError, match="best_of=4 needs a selector"):
+        validate(EvalRecipe, {**recipe, "policies": [{"model": {"name_or_path": "m"}, "best_of": 4}]})

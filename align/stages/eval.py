@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from align.config import EvalRecipe, ModelConfig
+from align.config import EvalPolicy, EvalRecipe, ModelConfig
 from align.data import load_records
 from align.eval.curves import RunCurves, plot_reward_vs_kl, plot_training, run_curves
 from align.eval.responses import held_out_prompts, markdown_cell, response_kls
@@ -71,11 +71,12 @@ def run(recipe: EvalRecipe) -> StageResult:
                        "responses not drawn from the policy itself, so it is biased", recipe.generation.temperature,
                        recipe.generation.top_p, recipe.generation.top_k)
     reference, reference_tokenizer = _load(recipe.reference, device)
-    models: list[tuple[str, ModelConfig]] = [(BASELINE, recipe.baseline or recipe.reference)]
-    models += [(policy.label, policy.model) for policy in recipe.policies]
+    models = [EvalPolicy(name=BASELINE, model=recipe.baseline or recipe.reference), *recipe.policies]
     results: dict[str, Responses] = {}
-    for label, cfg in models:
-        same = next((other for other, other_cfg in models if other in results and other_cfg == cfg), None)
+    for policy in models:
+        label, cfg = policy.label, policy.model
+        same = next((other.label for other in models if other.label in results and other.model == cfg
+                     and other.best_of == policy.best_of == 1), None)
         if same is not None:  # the same model with the same seeds gives the same responses
             results[label] = results[same]
             continue
@@ -84,7 +85,10 @@ def run(recipe: EvalRecipe) -> StageResult:
         else:
             model, tokenizer = _load(cfg, device)
             _check_same_vocab(label, tokenizer, reference_tokenizer)
-        results[label] = sample_responses(model, tokenizer, reference, prompts, recipe)
+        if policy.best_of > 1:
+            results[label] = best_of_n(model, tokenizer, prompts, recipe, policy)
+        else:
+            results[label] = sample_responses(model, tokenizer, reference, prompts, recipe)
         if recipe.report.greedy and recipe.report.num_samples:
             shown = prompts[: recipe.report.num_samples]
             results[label].greedy = sample(model, tokenizer, shown, max_new_tokens=recipe.generation.max_new_tokens,
@@ -155,6 +159,32 @@ def sample_responses(model: Any, tokenizer: Any, reference: Any, prompts: list[P
         parts["tokens"].append(samples.lengths.float().cpu())
         parts["finished"].append(samples.finished.cpu())
     return Responses(texts, **{key: torch.cat(values) for key, values in parts.items()})
+
+
+def best_of_n(model: Any, tokenizer: Any, prompts: list[Prompt], recipe: EvalRecipe, policy: EvalPolicy) -> Responses:
+    """For each prompt, ``policy.best_of`` samples and the one ``policy.selector`` scores highest.
+
+    No model samples these responses, so their KL to the reference is not measured: it is the
+    analytic ``log N - (N - 1) / N`` of best-of-N (Stiennon et al. 2020, appendix G.3; an upper
+    bound, Beirami et al. 2024).
+    """
+    settings, n = recipe.generation, policy.best_of
+    selector = judge_for(policy.selector)
+    texts: list[str] = []
+    tokens, finished = [], []
+    for start in range(0, len(prompts), settings.batch_size):
+        batch = prompts[start : start + settings.batch_size]
+        samples = sample(model, tokenizer, batch, max_new_tokens=settings.max_new_tokens,
+                         temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
+                         batch_size=settings.batch_size, n=n, seed=recipe.training.seed + start)
+        repeated = [prompt for prompt in batch for _ in range(n)]
+        scores = score(selector, repeated, samples.texts, samples.finished, policy.selector).final.view(-1, n)
+        best = scores.argmax(dim=1) + torch.arange(len(batch)) * n  # (b,) rows of the chosen samples
+        texts += [samples.texts[i] for i in best.tolist()]
+        tokens.append(samples.lengths.cpu()[best].float())
+        finished.append(samples.finished.cpu()[best])
+    kl = torch.full((len(prompts),), math.log(n) - (n - 1) / n)
+    return Responses(texts, kl, kl.clone(), torch.cat(tokens), torch.cat(finished))
 
 
 def score_responses(recipe: EvalRecipe, prompts: list[Prompt], results: dict[str, Responses]) -> None:
