@@ -1,7 +1,8 @@
 """Read raw rows, each tagged with its location, from every supported source.
 
 Sources: JSONL, JSON (a list of objects or ``{"data": [...]}``), CSV (cells holding
-lists, such as ``ranks`` or message lists, are JSON), Parquet, a
+lists, such as ``ranks`` or message lists, are JSON), Parquet, raw text (a ``.txt`` file or a
+directory of them, one ``{"text": ...}`` document per file, for continued pretraining), a
 ``datasets.save_to_disk`` directory, or a hub dataset: an id (online, or offline from
 the local hub cache) or a local copy of its repository, both read by
 ``datasets.load_dataset``. The ``columns`` mapping (field name -> source column) is
@@ -25,9 +26,10 @@ from align.data.errors import DataError
 from align.data.formats import MAPPABLE_FIELDS
 from align.data.records import describe, is_messages
 
-FORMATS = ("jsonl", "json", "csv", "parquet", "disk", "hub")
+FORMATS = ("jsonl", "json", "csv", "parquet", "disk", "hub", "txt")
 SUFFIX_FORMATS = {
-    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet",
+    ".txt": "txt",
 }
 DISK_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
 
@@ -43,11 +45,15 @@ class RawRow(NamedTuple):
 def detect_format(path: str) -> str:
     """Guess the file type: save_to_disk directory by its marker files, files by extension, else a hub dataset.
 
-    A directory without save_to_disk markers is a local copy of a hub dataset's repository.
+    A directory without save_to_disk markers is raw text when its only data files are ``.txt``,
+    else a local copy of a hub dataset's repository.
     """
     p = Path(path)
     if p.is_dir():
-        return "disk" if any((p / marker).exists() for marker in DISK_MARKERS) else "hub"
+        if any((p / marker).exists() for marker in DISK_MARKERS):
+            return "disk"
+        suffixes = {f.suffix.lower() for f in p.rglob("*") if f.is_file() and f.suffix.lower() in SUFFIX_FORMATS}
+        return "txt" if suffixes == {".txt"} else "hub"
     suffix = p.suffix.lower()
     if suffix in SUFFIX_FORMATS:
         return SUFFIX_FORMATS[suffix]
@@ -76,6 +82,8 @@ def read_rows(
         rows = _read_csv(path)
     elif fmt == "parquet":
         rows = _read_parquet(path)
+    elif fmt == "txt":
+        rows = _read_txt(path)
     elif fmt == "disk":
         rows = _read_disk(path, split)
     else:
@@ -148,6 +156,16 @@ def _read_jsonl(path: str) -> Iterator[RawRow]:
                     yield RawRow(where, None, DataError(where, f"invalid JSON ({e.msg} at column {e.colno})"))
         except UnicodeDecodeError:
             raise _not_utf8(path) from None
+
+
+def _read_txt(path: str) -> Iterator[RawRow]:
+    """One ``{"text": ...}`` row per ``.txt`` file: ``path`` itself, or every one under it, in sorted order."""
+    files = sorted(f for f in Path(path).rglob("*.txt") if f.is_file()) if Path(path).is_dir() else [Path(path)]
+    for file in files:
+        try:
+            yield RawRow(str(file), {"text": file.read_text(encoding="utf-8-sig")})
+        except UnicodeDecodeError:
+            yield RawRow(str(file), None, _not_utf8(str(file)))
 
 
 def _read_json(path: str) -> Iterator[RawRow]:
