@@ -1,0 +1,266 @@
+"""Does the loop align? A controlled run against a gold judge the reward model never sees.
+
+    python benchmarks/bench_alignment.py --out runs/bench-alignment --threads 2
+    python benchmarks/bench_alignment.py --out runs/bench-alignment --steps eval,report   # redo the end only
+
+Start model: SmolLM2-135M-Instruct. ``benchmarks/gold.py`` stands in for human raters:
+
+1. ``candidates``: the start model answers 240 training prompts 4 times, and 160 held-out prompts
+   (on topics training never mentions) twice;
+2. ``labels``: every pair of a prompt's answers the gold judge orders becomes a preference label;
+   held-out pairs whose gold scores differ by at least ``--clear`` are the *fresh pairs*;
+3. ``rm``: reward models on the first 100 / 250 / 500 / 1000 labels, per encoder method, and their
+   accuracy on the fresh pairs (the learning curve); the best one judges PPO and best-of-N;
+4. ``dpo``, ``ppo``: policies at several beta / KL coefficients (the frontier's points);
+5. ``eval``: ``align eval`` on the held-out prompts with the gold judge: each policy's gold win rate
+   against the start model and its KL to it, best-of-N (picked by the reward model) as the
+   no-training baseline;
+6. ``report``: ``results.md`` (tables), ``frontier.png`` (gold win rate vs KL) and
+   ``reward_model_curve.png`` (accuracy vs labels).
+
+Every step writes under ``--out`` and is skipped when its output is there (``--steps`` forces
+some). Sizes are flags; the defaults fit in about an hour on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+from checkout import ROOT  # noqa: F401 - offline env and the checkout on sys.path, before align is imported
+
+import torch
+
+from align.config import DPORecipe, EvalRecipe, GenerateRecipe, PPORecipe, RewardRecipe
+from align.recipe import validate
+from align.run import StageResult, read_metrics, setup_logging
+from benchmarks.gold import gold, prompts
+
+START = "smollm2-135m-instruct"
+GOLD = "benchmarks.gold:gold"
+STEPS = ("candidates", "labels", "rm", "dpo", "ppo", "eval", "report")
+logger = logging.getLogger("bench.alignment")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-alignment"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", default="", help="comma-separated steps to redo even if done: " + ",".join(STEPS))
+    parser.add_argument("--labels", default="100,250,500,1000", help="reward-model learning-curve sizes")
+    parser.add_argument("--rm-methods", default="full,feature_extraction", help="also: partial, lora")
+    parser.add_argument("--clear", type=float, default=0.2, help="gold gap of a 'clearly different' fresh pair")
+    parser.add_argument("--dpo-betas", default="0.1,0.3")
+    parser.add_argument("--dpo-steps", type=int, default=60)
+    parser.add_argument("--ppo-kl", default="0.02,0.1")
+    parser.add_argument("--ppo-iterations", type=int, default=12)
+    parser.add_argument("--best-of", default="4")
+    parser.add_argument("--eval-prompts", type=int, default=160)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    setup_logging()
+    out, redo = args.out, set(filter(None, args.steps.split(",")))
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    for split in ("train", "held_out"):
+        write_jsonl(out / "data" / f"{split}_prompts.jsonl", [{"prompt": p} for p in prompts(split)])
+
+    def due(step: str, marker: Path) -> bool:
+        return step in redo or not marker.exists()
+
+    if due("candidates", out / "candidates/held_out/stage_result.json"):
+        candidates(out)
+    if due("labels", out / "data/fresh_pairs.jsonl"):
+        labels(out, args.clear)
+    sizes, methods = [int(k) for k in args.labels.split(",")], args.rm_methods.split(",")
+    curve = {m: {k: reward_model(out, m, k, "rm" in redo) for k in sizes} for m in methods}
+    best_rm = max(((m, k) for m in methods for k in sizes), key=lambda mk: (mk[1], curve[mk[0]][mk[1]]["accuracy"]))
+    rm_dir = str(out / "rm" / f"{best_rm[0]}-{best_rm[1]}")
+    logger.info("best reward model: %s (accuracy on fresh pairs %.3f)", rm_dir, curve[best_rm[0]][best_rm[1]]["accuracy"])
+    policies: list[dict[str, Any]] = []
+    for beta in [float(b) for b in args.dpo_betas.split(",")]:
+        policies.append(dpo(out, beta, args.dpo_steps, "dpo" in redo))
+    for kl in [float(k) for k in args.ppo_kl.split(",")]:
+        policies.append(ppo(out, kl, args.ppo_iterations, rm_dir, "ppo" in redo))
+    for n in [int(n) for n in args.best_of.split(",")]:
+        policies.append({"name": f"best-of-{n}", "model": {"name_or_path": START}, "best_of": n,
+                         "selector": {"judge": rm_dir}})
+    if due("eval", out / "eval/stage_result.json"):
+        evaluate(out, policies, args.eval_prompts)
+    report(out, curve, policies, rm_dir)
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------- data
+
+
+def candidates(out: Path) -> None:
+    from align.stages.generate import run
+
+    for split, n in (("train", 4), ("held_out", 2)):
+        run(validate(GenerateRecipe, {
+            "models": [{"name_or_path": START}], "data": {"path": str(out / "data" / f"{split}_prompts.jsonl")},
+            "generation": {"n": n, "max_new_tokens": 48, "temperature": 1.0, "batch_size": 16, "seed": 0},
+            "training": {"output_dir": str(out / "candidates" / split)}}))
+
+
+def gold_pairs(rows: list[dict[str, Any]], min_gap: float) -> list[dict[str, Any]]:
+    """Every pair of a prompt's responses whose gold scores differ by more than ``min_gap``: chosen = higher."""
+    pairs = []
+    for row in rows:
+        texts = [r["text"] for r in row["responses"]]
+        scores = gold([row["prompt"]] * len(texts), texts)
+        for i, j in itertools.combinations(range(len(texts)), 2):
+            if abs(scores[i] - scores[j]) > min_gap and texts[i] != texts[j]:
+                hi, lo = (i, j) if scores[i] > scores[j] else (j, i)
+                pairs.append({"prompt": row["prompt"], "chosen": texts[hi], "rejected": texts[lo],
+                              "gold_gap": round(scores[hi] - scores[lo], 4)})
+    return pairs
+
+
+def labels(out: Path, clear: float) -> None:
+    train = gold_pairs(read_jsonl(out / "candidates/train/candidates.jsonl"), 1e-6)
+    random.Random(0).shuffle(train)  # the first k labels of the learning curve are a random sample
+    write_jsonl(out / "data/gold_pairs.jsonl", train)
+    write_jsonl(out / "data/fresh_pairs.jsonl", gold_pairs(read_jsonl(out / "candidates/held_out/candidates.jsonl"), clear))
+    logger.info("%d training labels, %d fresh pairs", len(train), len(read_jsonl(out / "data/fresh_pairs.jsonl")))
+
+
+# --------------------------------------------------------------------------- training
+
+
+RM_LEARNING_RATES = {"full": 5e-5, "partial": 1e-4, "feature_extraction": 2e-3}
+
+
+def reward_model(out: Path, method: str, size: int, force: bool) -> dict[str, float]:
+    from align.stages.reward import run
+
+    run_dir = out / "rm" / f"{method}-{size}"
+    result = StageResult.load(run_dir)
+    if result is None or force:
+        result = run(validate(RewardRecipe, {
+            "model": {"name_or_path": "minilm-l6", "method": method, "partial": {"trainable_top_k": 2}},
+            "data": [{"path": str(out / "data/gold_pairs.jsonl"), "max_samples": size,
+                      "eval_path": str(out / "data/fresh_pairs.jsonl")}],
+            "training": {"output_dir": str(run_dir), "num_epochs": 3, "per_device_batch_size": 16,
+                         "learning_rate": RM_LEARNING_RATES[method], "warmup_ratio": 0.1, "max_length": 256,
+                         "logging_steps": 10, "save_steps": None, "report_to": "none"},
+            "reward": {"pooling": "mean", "clip": 5.0}}))
+    return {"accuracy": result.metrics["eval/accuracy"], "labels": size}
+
+
+def dpo(out: Path, beta: float, steps: int, force: bool) -> dict[str, Any]:
+    from align.stages.dpo import run
+
+    run_dir = out / f"dpo-beta{beta}"
+    if StageResult.load(run_dir) is None or force:
+        run(validate(DPORecipe, {
+            "model": {"name_or_path": START, "method": "lora"},
+            "data": {"path": str(out / "data/gold_pairs.jsonl"), "eval_fraction": 0.05},
+            "training": {"output_dir": str(run_dir), "max_steps": steps, "per_device_batch_size": 8,
+                         "learning_rate": 2e-4, "warmup_ratio": 0.1, "max_length": 192, "logging_steps": 5,
+                         "save_steps": None, "report_to": "none"},
+            "dpo": {"beta": beta, "padding_free": True, "pack_row_tokens": 512},
+            "eval": {"enabled": False}}))
+    return {"name": f"dpo-beta{beta}", "model": {"name_or_path": str(run_dir)}}
+
+
+def ppo(out: Path, kl: float, iterations: int, rm_dir: str, force: bool) -> dict[str, Any]:
+    from align.stages.ppo import run
+
+    run_dir = out / f"ppo-kl{kl}"
+    if StageResult.load(run_dir) is None or force:
+        run(validate(PPORecipe, {
+            "model": {"name_or_path": START, "method": "full"},
+            "data": {"path": str(out / "data/train_prompts.jsonl")},
+            "reward": {"judge": rm_dir},
+            "value": {"learning_rate": 1e-4, "warmup_iterations": 1},
+            "generation": {"max_new_tokens": 48, "temperature": 1.0, "batch_size": 16},
+            "ppo": {"rollouts_per_iteration": 16, "epochs": 2, "kl_coef": kl, "normalize_scores": True},
+            "training": {"output_dir": str(run_dir), "max_steps": iterations, "per_device_batch_size": 8,
+                         "gradient_accumulation_steps": 2, "learning_rate": 1e-5, "save_steps": None,
+                         "report_to": "none"}}))
+    return {"name": f"ppo-kl{kl}", "model": {"name_or_path": str(run_dir)}}
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate(out: Path, policies: list[dict[str, Any]], num_prompts: int) -> None:
+    from align.stages.eval import run
+
+    run(validate(EvalRecipe, {
+        "policies": policies, "reference": {"name_or_path": START}, "reward": {"judge": GOLD},
+        "data": {"path": str(out / "data/held_out_prompts.jsonl")},
+        "generation": {"num_prompts": num_prompts, "max_new_tokens": 48, "temperature": 1.0, "batch_size": 16},
+        "report": {"num_samples": 4}, "training": {"output_dir": str(out / "eval"), "seed": 0}}))
+
+
+def report(out: Path, curve: dict[str, dict[int, dict[str, float]]], policies: list[dict[str, Any]], rm_dir: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = StageResult.load(out / "eval").metrics
+    lines = ["# Controlled alignment benchmark", "",
+             f"Start model `{START}`; gold judge `{GOLD}`; held-out prompts on unseen topics; "
+             f"{metrics['eval/num_prompts']} comparisons per policy; reward model for PPO and best-of-N: `{rm_dir}`.", "",
+             "| policy | gold win rate vs start | gold reward | KL to start (nats) | response tokens | ended with EOS |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    points: dict[str, list[tuple[float, float, str]]] = {}
+    for label in ["baseline"] + [p["name"] for p in policies]:
+        m = {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith(f"eval/{label}/")}
+        rate = f"{m['win_rate']:.3f} ± {m['win_rate_se']:.3f}" if "win_rate" in m else "-"
+        lines.append(f"| {'start' if label == 'baseline' else label} | {rate} | {m['reward']:.3f} | "
+                     f"{m['kl_full_vocab']:.3f} | {m['response_tokens']:.1f} | {m['finished_frac']:.0%} |")
+        if "win_rate" in m:
+            points.setdefault(label.split("-")[0], []).append((m["kl_full_vocab"], m["win_rate"], label))
+    lines += ["", "## Reward model: accuracy against gold on fresh, clearly different pairs", "",
+              "| method | " + " | ".join(f"{k} labels" for k in next(iter(curve.values()))) + " |",
+              "| --- |" + " --- |" * len(next(iter(curve.values())))]
+    for method, by_size in curve.items():
+        lines.append(f"| {method} | " + " | ".join(f"{v['accuracy']:.3f}" for v in by_size.values()) + " |")
+    for name in (p["name"] for p in policies if p["name"].startswith("ppo")):
+        rows = read_metrics(out / name)
+        if rows:
+            lines.append(f"\n{name}: explained variance of the critic {rows[0].get('ppo/explained_var', float('nan')):.2f} "
+                         f"-> {rows[-1].get('ppo/explained_var', float('nan')):.2f}, finished "
+                         f"{rows[0]['reward/finished_frac']:.2f} -> {rows[-1]['reward/finished_frac']:.2f}")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, pts in points.items():
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=method)
+        for kl, rate, label in pts:
+            ax.annotate(label, (kl, rate), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="KL to the start model (nats)", ylabel="gold win rate vs start", title="gold reward vs KL frontier")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "frontier.png", dpi=120)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for method, by_size in curve.items():
+        ax.plot(list(by_size), [v["accuracy"] for v in by_size.values()], "o-", label=method)
+    ax.set(xlabel="gold labels", ylabel="accuracy on fresh pairs", title="reward model learning curve")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "reward_model_curve.png", dpi=120)
+    logger.info("wrote %s, frontier.png, reward_model_curve.png\n%s", out / "results.md", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
