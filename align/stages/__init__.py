@@ -39,7 +39,8 @@ STAGES: dict[str, StageSpec] = {
     "dpo": StageSpec(
         "align.config:DPORecipe",
         "align.stages.dpo:run",
-        "direct preference optimisation (TRL DPOTrainer): sigmoid/IPO/hinge/robust/conservative(+SFT), padding-free",
+        "direct preference optimisation (TRL DPOTrainer): sigmoid/IPO/hinge/robust/conservative(+SFT), "
+        "reference-free SimPO/ORPO, padding-free",
     ),
     "generate": StageSpec(
         "align.config:GenerateRecipe", "align.stages.generate:run", "sample N responses per prompt for labeling", cli=False
@@ -57,6 +58,29 @@ STAGES: dict[str, StageSpec] = {
         "align.config:EvalRecipe",
         "align.stages.eval:run",
         "evaluate policies vs a baseline: win rate, reward, KL to the reference, length; report + plots",
+    ),
+    "pretrain": StageSpec(
+        "align.config:PretrainRecipe",
+        "align.stages.pretrain:run",
+        "continued pretraining on raw text (.txt or text records), packed with per-document attention; perplexity",
+    ),
+    "distill": StageSpec(
+        "align.config:DistillRecipe",
+        "align.stages.distill:run",
+        "knowledge distillation: forward KL on teacher logits, on-policy reverse KL / JSD (GKD), sequence-level",
+    ),
+    "kto": StageSpec(
+        "align.config:KTORecipe", "align.stages.kto:run", "KTO on unpaired thumbs-up/down feedback (TRL KTOTrainer)"
+    ),
+    "online_dpo": StageSpec(
+        "align.config:OnlineDPORecipe",
+        "align.stages.dpo.online:run",
+        "online / iterative DPO: each round the policy samples, a judge picks pairs, DPO trains",
+    ),
+    "augment": StageSpec(
+        "align.config:AugmentRecipe",
+        "align.stages.augment:run",
+        "augment SFT/preference data (noise, synonyms, paraphrase, back-translation) with provenance, eval kept apart",
     ),
     "export": StageSpec(
         "align.config:ExportRecipe",
