@@ -249,3 +249,12 @@ def test_shipped_recipe_validates() -> None:
 
     recipe = load_recipe(DPORecipe, Path(__file__).parents[1] / "recipes" / "dpo.yaml", ["dpo.loss=[sigmoid, sft]"])
     assert recipe.dpo.loss == ["sigmoid", "sft"] and recipe.dpo.padding_free
+
+
+def test_held_out_warning_when_unseen_pairs_are_not_learned() -> None:
+    from align.stages.dpo import held_out_warning
+
+    assert held_out_warning({"train/loss": 0.2}) is None  # no eval data: nothing to say
+    assert held_out_warning({"eval/rewards/margins": 0.4, "eval/rewards/accuracies": 0.8}) is None
+    message = held_out_warning({"eval/rewards/margins": 0.01, "eval/rewards/accuracies": 0.5})
+    assert "did not generalise" in message and "margin is 0.010" in message and "ln 2" in message

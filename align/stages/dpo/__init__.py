@@ -45,10 +45,27 @@ def run(recipe: DPORecipe) -> StageResult:
     metrics: dict[str, Any] = train_with_resume(trainer, recipe.training)
     metrics["dpo/falling_chosen_logps_warnings"] = len(monitor.warnings)
     metrics.update(_last_logged(trainer, ("rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")))
+    warning = held_out_warning(metrics)
+    if warning:
+        logger.warning(warning)
     save_final_model(trainer, recipe.model, out)
     if recipe.eval.enabled:
         metrics.update(_evaluate(trainer, recipe, data.eval, out))
     return finish_stage(out, recipe, metrics, card_title=f"DPO of {recipe.model.name_or_path}")
+
+
+def held_out_warning(metrics: dict[str, Any], min_margin: float = 0.05) -> str | None:
+    """A warning when the held-out pairs were not learned: their mean implicit reward margin is near 0.
+
+    A mean margin ``beta * h`` near 0 is a held-out sigmoid loss near ln 2: the policy prefers the
+    chosen answers of unseen prompts no more than its reference did, whatever the training loss says.
+    """
+    margin, accuracy = metrics.get("eval/rewards/margins"), metrics.get("eval/rewards/accuracies")
+    if margin is None or margin >= min_margin:
+        return None
+    return (f"DPO did not generalise: on held-out pairs the implicit reward margin is {margin:.3f} (accuracy "
+            f"{accuracy if accuracy is not None else float('nan'):.2f}), so their loss is still about ln 2 = 0.693. "
+            "Train longer or at a higher learning rate, or check that the labels are consistent.")
 
 
 def build_trainer(recipe: DPORecipe, model, reference, tokenizer, train, eval_data, out: Path):  # noqa: ANN001, ANN201
@@ -126,4 +143,4 @@ def _evaluate(trainer, recipe: DPORecipe, eval_data, out: Path) -> dict[str, flo
     )
 
 
-__all__ = ["build_trainer", "run"]
+__all__ = ["build_trainer", "held_out_warning", "run"]
