@@ -128,25 +128,6 @@ class DataConfig(Section):
 # --------------------------------------------------------------------------- training
 
 
-class AdversarialSettings(Section):
-    """Embedding-space adversarial training: loss = clean loss + weight x loss on perturbed input embeddings."""
-
-    method: Literal["fgm", "pgd"] = Field(
-        "fgm", description="'fgm': one step of L2 size epsilon along the gradient (https://arxiv.org/abs/1605.07725); "
-        "'pgd': `steps` steps of size alpha, each projected back into the epsilon ball (https://arxiv.org/abs/1706.06083)."
-    )
-    epsilon: float = Field(1.0, gt=0, description="L2 radius of each sequence's perturbation of its input embeddings.")
-    alpha: float | None = Field(None, gt=0, description="pgd: step size; default 2 x epsilon / steps.")
-    steps: int = Field(3, ge=1, description="pgd: ascent steps.")
-    weight: float = Field(1.0, ge=0, description="Weight of the adversarial loss added to the clean loss.")
-
-    @model_validator(mode="after")
-    def _pgd_only(self) -> "AdversarialSettings":
-        if self.method == "fgm" and ({"alpha", "steps"} & self.model_fields_set):
-            raise ValueError("alpha and steps apply to method 'pgd', not 'fgm'")
-        return self
-
-
 class TrainingConfig(Section):
     output_dir: str = Field("runs/run", description="Run directory: recipe, metrics, checkpoints, final model.")
     seed: int = Field(42)
@@ -173,9 +154,6 @@ class TrainingConfig(Section):
     deepspeed: str | None = Field(None, description="DeepSpeed JSON config, e.g. ds_configs/zero2.json.")
     gradient_checkpointing: bool = False
     bf16: bool = False
-    adversarial: AdversarialSettings | None = Field(
-        None, description="Embedding-space adversarial training (sft and reward stages only); null: off."
-    )
 
     @property
     def effective_batch_size(self) -> int:
@@ -213,13 +191,6 @@ class StageRecipe(Section):
     stage: str
     name: str | None = Field(None, description="Name other pipeline stages use to refer to this one.")
     force: bool = Field(False, description="In a pipeline, re-run even if a finished output exists.")
-
-    @model_validator(mode="after")
-    def _adversarial_where_supported(self) -> "StageRecipe":
-        training = getattr(self, "training", None)
-        if getattr(training, "adversarial", None) is not None and self.stage not in ("sft", "reward"):
-            raise ValueError(f"training.adversarial is supported by the sft and reward stages, not '{self.stage}'")
-        return self
 
 
 class SFTRecipe(StageRecipe):
@@ -766,7 +737,7 @@ class AutoLabelRecipe(StageRecipe):
     training: OutputSettings = Field(default_factory=lambda: OutputSettings(output_dir="runs/autolabel"))
 
 
-# --------------------------------------------------------------------------- issue 15: pretrain, distill, kto, online dpo, augment
+# --------------------------------------------------------------------------- pretrain, distill, kto, online dpo
 
 
 class PretrainOptions(Section):
@@ -871,53 +842,4 @@ class OnlineDPORecipe(StageRecipe):
     def _steps_per_round(self) -> "OnlineDPORecipe":
         if self.training.max_steps == -1:
             raise ValueError("training.max_steps=-1: online_dpo trains max_steps steps per round; give a count")
-        return self
-
-
-class AugmentMethod(Section):
-    kind: Literal["noise", "synonym", "paraphrase", "back_translation"] = Field(
-        ..., description="noise: character/word edits; synonym: word swaps from a table; paraphrase and "
-        "back_translation: rewrites sampled from `model`."
-    )
-    copies: int = Field(1, gt=0, description="Augmented rows made per source row.")
-    fields: list[Literal["prompt", "completion", "chosen", "rejected"]] = Field(
-        default_factory=lambda: ["prompt"], min_length=1, description="Which text fields are rewritten."
-    )
-    probability: float = Field(0.1, gt=0, le=1, description="noise/synonym: chance each word is edited.")
-    synonyms: str | None = Field(None, description="synonym: a JSON file {word: [synonyms]}; default a small built-in table.")
-    model: ModelConfig | None = Field(None, description="paraphrase / back_translation: the model that rewrites.")
-    pivot_language: str = Field("French", description="back_translation: the language translated to and back from.")
-    generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings(max_new_tokens=96, temperature=0.7))
-
-    @model_validator(mode="after")
-    def _model_when_needed(self) -> "AugmentMethod":
-        needs_model = self.kind in ("paraphrase", "back_translation")
-        if needs_model and self.model is None:
-            raise ValueError(f"kind '{self.kind}' needs a model (a causal LM that follows instructions)")
-        if not needs_model and self.model is not None:
-            raise ValueError(f"kind '{self.kind}' uses no model; remove model")
-        if self.kind != "synonym" and self.synonyms is not None:
-            raise ValueError(f"synonyms applies to kind 'synonym', not '{self.kind}'")
-        return self
-
-
-class AugmentRecipe(StageRecipe):
-    """``align augment``: augmented SFT/preference rows with provenance; eval rows are never augmented or matched."""
-
-    stage: Literal["augment"] = "augment"
-    data: DataConfig = Field(..., description="SFT (prompt/completion) or preference records; eval split kept apart.")
-    methods: list[AugmentMethod] = Field(..., min_length=1, description="Each method adds its copies of every train row.")
-    keep_original: bool = Field(True, description="Write the original train rows too.")
-    training: OutputSettings = Field(default_factory=lambda: OutputSettings(output_dir="runs/augment"))
-
-    @model_validator(mode="after")
-    def _fields_fit_kind(self) -> "AugmentRecipe":
-        allowed = {"preference": {"prompt", "chosen", "rejected"}, "sft": {"prompt", "completion"}}
-        kind = self.data.kind or "sft"
-        if kind not in allowed:
-            raise ValueError(f"data.kind='{kind}': augment reads sft or preference records")
-        for i, method in enumerate(self.methods):
-            wrong = sorted(set(method.fields) - allowed[kind])
-            if wrong:
-                raise ValueError(f"methods[{i}].fields: {wrong} are not fields of {kind} records ({sorted(allowed[kind])})")
         return self

@@ -80,6 +80,7 @@ def test_chosen_reward_rises_without_a_reference(
     assert loaded == []  # reference-free: the stage loads no reference
     margins = [m["rewards/margins"] for m in read_metrics(out) if "rewards/margins" in m]
     chosen = [m["logps/chosen"] for m in read_metrics(out) if "logps/chosen" in m]
+    print(loss, "margin", round(margins[0], 2), "->", round(margins[-1], 2))
     assert len(margins) == 8
     # With no reference the implicit reward is beta x log pi(y): chosen up relative to rejected, chosen itself up.
     assert margins[-1] > margins[0] + 1.0, margins

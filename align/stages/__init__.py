@@ -77,11 +77,6 @@ STAGES: dict[str, StageSpec] = {
         "align.stages.dpo.online:run",
         "online / iterative DPO: each round the policy samples, a judge picks pairs, DPO trains",
     ),
-    "augment": StageSpec(
-        "align.config:AugmentRecipe",
-        "align.stages.augment:run",
-        "augment SFT/preference data (noise, synonyms, paraphrase, back-translation) with provenance, eval kept apart",
-    ),
     "export": StageSpec(
         "align.config:ExportRecipe",
         "align.stages.export:run",
