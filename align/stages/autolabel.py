@@ -17,17 +17,16 @@ import logging
 from align.config import AutoLabelRecipe
 from align.judges import judge_for
 from align.run import StageResult, finish_stage, prepare_run_dir
+from labeling_ui.auto import auto_label
+from labeling_ui.candidates import read_candidates
+from labeling_ui.export import ExportOptions, export_project
+from labeling_ui.schemas import ProjectConfig
+from labeling_ui.store import LabelStore
 
 logger = logging.getLogger("align.label")
 
 
 def run(recipe: AutoLabelRecipe) -> StageResult:
-    from labeling_ui.auto import auto_label
-    from labeling_ui.candidates import read_candidates
-    from labeling_ui.export import ExportOptions, export_project
-    from labeling_ui.schemas import ProjectConfig
-    from labeling_ui.store import LabelStore
-
     out = prepare_run_dir(recipe, recipe.training.output_dir)
     store = LabelStore(recipe.db or f"sqlite:///{(out / 'labels.db').resolve()}")
     store.create_project(recipe.project, ProjectConfig(labels_per_item=recipe.annotators), update=True)

@@ -30,9 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from align.config import ExportRecipe, ModelConfig
 from align.export import ExportError
+from align.export.card import lineage, model_card
+from align.export.gguf import UnsupportedModel, check_supported, write_llama_gguf
+from align.export.ollama import modelfile
+from align.models import resolve_model_source, torch_dtype
 from align.run import StageResult, finish_stage, prepare_run_dir
 
 logger = logging.getLogger("align.export")
@@ -57,8 +63,6 @@ class Source:
 
 def find_source(recipe: ExportRecipe) -> Source:
     """Resolve ``model`` / ``adapter`` into base + adapter + tokenizer locations (see the module docstring)."""
-    from align.models import resolve_model_source
-
     path = Path(recipe.model.name_or_path).expanduser()
     adapter: Path | None = None
     base = recipe.model.name_or_path
@@ -84,18 +88,12 @@ def find_source(recipe: ExportRecipe) -> Source:
 
 def load_merged(recipe: ExportRecipe, source: Source) -> tuple[Any, Any]:
     """The model in ``model.dtype`` with the adapter merged (eval mode), and the tokenizer with ``model.chat_template``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from align.models import resolve_model_source, torch_dtype
-
     cfg: ModelConfig = recipe.model
     gguf_file = cfg.gguf_file if source.adapter is None or recipe.adapter else None
     base_dir = resolve_model_source(source.base, gguf_file)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch_dtype(cfg.dtype),
                                                  trust_remote_code=cfg.trust_remote_code)
     if source.adapter is not None:
-        from peft import PeftModel
-
         model = PeftModel.from_pretrained(model, str(source.adapter)).merge_and_unload()
         logger.info("merged LoRA adapter %s into %s", source.adapter, source.base)
     tokenizer = AutoTokenizer.from_pretrained(source.tokenizer, trust_remote_code=cfg.trust_remote_code)
@@ -116,8 +114,6 @@ def probe_text(tokenizer: Any) -> str:
 @torch.no_grad()
 def check_gguf(model: Any, tokenizer: Any, gguf_path: Path, tolerance: float) -> dict[str, Any]:
     """Load ``gguf_path`` back with transformers; compare token ids and logits with ``model``'s on the probe chat."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     text = probe_text(tokenizer)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     loaded = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32).eval()
@@ -147,8 +143,6 @@ def run(recipe: ExportRecipe) -> StageResult:
     tokenizer.save_pretrained(str(out))
     logger.info("saved the merged model and tokenizer (safetensors) to %s", out)
 
-    from align.export.card import lineage
-
     runs = lineage(source.run_dir) if Path(source.run_dir).exists() else []
     metrics: dict[str, Any] = {"export/merged_adapter": source.adapter is not None,
                                "export/parameters": sum(p.numel() for p in model.parameters())}
@@ -165,8 +159,6 @@ def run(recipe: ExportRecipe) -> StageResult:
 def _write_gguf(recipe: ExportRecipe, model: Any, tokenizer: Any, out: Path, name: str, metrics: dict[str, Any],
                 checks: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """GGUF files (checked), then the Modelfile; fills ``metrics`` and ``checks``; returns the files written."""
-    from align.export.gguf import UnsupportedModel, check_supported, write_llama_gguf
-
     try:
         check_supported(model.config)
     except UnsupportedModel as err:
@@ -205,8 +197,6 @@ def _write_gguf(recipe: ExportRecipe, model: Any, tokenizer: Any, out: Path, nam
                     f"the safetensors export in {out} is unaffected"
                 )
     if recipe.ollama.enabled:
-        from align.export.ollama import modelfile
-
         text, chat = modelfile(f"model-{recipe.ollama.gguf}.gguf", tokenizer, system=recipe.ollama.system,
                                parameters=recipe.ollama.parameters, title=name)
         (folder / "Modelfile").write_text(text)
@@ -217,7 +207,5 @@ def _write_gguf(recipe: ExportRecipe, model: Any, tokenizer: Any, out: Path, nam
 
 def _write_card(out: Path, name: str, source: Source, runs: list[dict[str, Any]], files: list[tuple[str, str]],
                 checks: list[dict[str, Any]]) -> None:
-    from align.export.card import model_card
-
     adapter = str(source.adapter) if source.adapter is not None else None
     (out / "README.md").write_text(model_card(name, source.run_dir, adapter, runs, files, checks))

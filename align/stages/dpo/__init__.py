@@ -21,12 +21,18 @@ import os
 from pathlib import Path
 from typing import Any
 
+from accelerate.utils import is_peft_model
+from trl import DPOConfig
+
 from align.config import DPORecipe
 from align.data import load_records
+from align.eval.responses import held_out_prompts, no_scope
 from align.models import load_policy, load_reference, partial_callbacks
 from align.ops.dpo import REFERENCE_FREE
 from align.run import StageResult, finish_stage, prepare_run_dir
 from align.sampling import conversational
+from align.stages.dpo.evaluation import evaluate_against_reference
+from align.stages.dpo.trainer import AlignDPOTrainer, FallingChosenLogpsCallback
 from align.training import hf_training_kwargs, save_final_model, train_with_resume, trainer_callbacks
 
 logger = logging.getLogger("align.dpo")
@@ -74,10 +80,6 @@ def build_trainer(recipe: DPORecipe, model, reference, tokenizer, train, eval_da
     Pairs are rendered as ``align.sampling`` renders prompts (``conversational``), so the policy is
     trained on the prompts it is sampled from in PPO, generation and eval.
     """
-    from trl import DPOConfig
-
-    from align.stages.dpo.trainer import AlignDPOTrainer, FallingChosenLogpsCallback
-
     options = recipe.dpo
     args = DPOConfig(
         **hf_training_kwargs(recipe.training),
@@ -117,11 +119,6 @@ def _last_logged(trainer, keys: tuple[str, ...]) -> dict[str, float]:  # noqa: A
 
 def _evaluate(trainer, recipe: DPORecipe, eval_data, out: Path) -> dict[str, float]:  # noqa: ANN001
     """Policy vs reference on held-out prompts (``stages.dpo.evaluation``), single process only."""
-    from accelerate.utils import is_peft_model
-
-    from align.eval.responses import held_out_prompts, no_scope
-    from align.stages.dpo.evaluation import evaluate_against_reference
-
     if eval_data is None or len(eval_data) == 0:
         logger.warning("eval: no held-out prompts (set data.eval_fraction or data.eval_path); skipping policy vs reference")
         return {}

@@ -31,10 +31,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import set_seed
+from safetensors.torch import save_file
 from torch import nn
+from transformers import get_scheduler
+from trl.models.utils import prepare_deepspeed
 
 from align.config import PPORecipe
+from align.data import load_records
 from align.judges import Judge, judge_for, score
+from align.models import load_policy, load_reference, merge_adapter
 from align.ops import ppo as ppo_ops
 from align.ops.logprobs import entropy_from_logits, token_logprobs
 from align.ops.stats import explained_variance, masked_sum, masked_var, masked_whiten, token_mean
@@ -43,6 +49,7 @@ from align.sampling import Samples, eos_token_ids, response_logits, sample
 from align.stages.ppo.distributed import is_zero3, make_accelerator, unwrapped_for_generation
 from align.stages.ppo.modeling import PolicyAndValue, adapter_disabled, transformer_trunk
 from align.stages.ppo.rollout import prompt_indices, rollout_seed
+from align.training import report_to
 
 logger = logging.getLogger("align.ppo")
 
@@ -85,12 +92,6 @@ class PPOTrainer:
     """Holds the models, optimizer and judge of one run; ``train()`` runs the iterations."""
 
     def __init__(self, recipe: PPORecipe, judge: Judge | None = None) -> None:
-        from accelerate.utils import set_seed
-
-        from align.data import load_records
-        from align.models import load_policy, load_reference
-        from align.training import report_to
-
         self.recipe = recipe
         training = recipe.training
         if recipe.model.partial.unfreeze_schedule:
@@ -143,8 +144,6 @@ class PPOTrainer:
     # ----------------------------------------------------------------------- set-up helpers
 
     def _load_critic(self) -> nn.Module:
-        from align.models import load_policy
-
         cfg = self.recipe.model
         if self.recipe.value.init_from:
             cfg = cfg.model_copy(update={"name_or_path": self.recipe.value.init_from, "gguf_file": None})
@@ -157,8 +156,6 @@ class PPOTrainer:
         if reference is None:
             return None
         if is_zero3(self.accelerator):  # shard the frozen copy too
-            from trl.models.utils import prepare_deepspeed
-
             return prepare_deepspeed(reference, self.accelerator)
         return reference.to(self.accelerator.device)
 
@@ -412,14 +409,10 @@ class PPOTrainer:
         value_state = {k: v for k, v in state.items() if not k.startswith("policy.")}
         if self.recipe.model.method in ("lora", "qlora"):
             unwrapped.policy.save_pretrained(str(self.out / "adapter"), state_dict=policy_state)
-            from align.models import merge_adapter
-
             merge_adapter(self.recipe.model, self.out / "adapter", self.out)
         else:
             unwrapped.policy.save_pretrained(str(self.out), state_dict=policy_state)
         self.tokenizer.save_pretrained(str(self.out))
-        from safetensors.torch import save_file
-
         (self.out / "value_model").mkdir(exist_ok=True)
         value_file = self.out / "value_model" / "model.safetensors"
         save_file({k: v.contiguous() for k, v in value_state.items()}, str(value_file))
@@ -452,8 +445,6 @@ def _parameter_groups(module: PolicyAndValue, recipe: PPORecipe) -> list[dict[st
 
 
 def _scheduler(recipe: PPORecipe, optimizer: torch.optim.Optimizer):  # noqa: ANN202
-    from transformers import get_scheduler
-
     training, ppo = recipe.training, recipe.ppo
     total = training.max_steps * ppo.epochs * (ppo.rollouts_per_iteration // recipe.minibatch_size)
     # Stepped once per optimizer step of this process (see make_accelerator), so no world-size factor.
