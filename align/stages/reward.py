@@ -18,12 +18,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import LoraConfig, TaskType, get_peft_model
+from transformers import TrainingArguments
 
 from align.config import DataConfig, RewardRecipe
 from align.data import DataError, load_records
+from align.models import resolve_model_source, set_partial_trainable, torch_dtype
 from align.recipe import RecipeError
 from align.run import StageResult, finish_stage, prepare_run_dir
 from align.training import hf_training_kwargs, train_with_resume, trainer_callbacks
+from reward_models.metrics import score_units
+from reward_models.model import RewardModel
+from reward_models.objective import LossSpec, RewardCollator, units_from_records
+from reward_models.scorer import RewardScorer
+from reward_models.text import PairEncoder
+from reward_models.trainer import RewardTrainer, UnitDataset
 
 logger = logging.getLogger("align.reward")
 
@@ -31,12 +40,6 @@ FINAL_EVAL_MAX_UNITS = 2000
 
 
 def run(recipe: RewardRecipe) -> StageResult:
-    from transformers import TrainingArguments
-
-    from reward_models.objective import LossSpec, RewardCollator
-    from reward_models.text import PairEncoder
-    from reward_models.trainer import RewardTrainer, UnitDataset
-
     _check_deepspeed(recipe.training.deepspeed)
     out = prepare_run_dir(recipe, recipe.training.output_dir)
     train_units, eval_units, data_stats = load_units(recipe.data)
@@ -97,8 +100,6 @@ def run(recipe: RewardRecipe) -> StageResult:
 
 def load_units(sources: list[DataConfig]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """(train units, eval units, per-source stats): every source in its own kind (default preference)."""
-    from reward_models.objective import units_from_records
-
     train: list[dict[str, Any]] = []
     evaluation: list[dict[str, Any]] = []
     stats = []
@@ -140,15 +141,12 @@ def _sample(units: list[dict[str, Any]], limit: int, seed: int) -> list[dict[str
 # --------------------------------------------------------------------------- model
 
 
-def build_model(recipe: RewardRecipe):  # noqa: ANN201 - RewardModel, imported lazily
+def build_model(recipe: RewardRecipe) -> RewardModel:
     """A fresh RewardModel on the recipe's encoder; the head always trains, the encoder as ``model.method`` says.
 
     full: all of it; lora: adapters; partial: its top ``partial.trainable_top_k`` layers;
     feature_extraction: none of it, with features cached (small label sets overfit a full encoder).
     """
-    from align.models import resolve_model_source, torch_dtype
-    from reward_models.model import RewardModel
-
     cfg = recipe.model
     source = resolve_model_source(cfg.name_or_path, cfg.gguf_file)
     model = RewardModel.from_encoder(
@@ -160,8 +158,6 @@ def build_model(recipe: RewardRecipe):  # noqa: ANN201 - RewardModel, imported l
         trust_remote_code=cfg.trust_remote_code,
     )
     if cfg.method == "lora":
-        from peft import LoraConfig, TaskType, get_peft_model
-
         lora = LoraConfig(
             task_type=TaskType.FEATURE_EXTRACTION,
             r=cfg.lora.r,
@@ -172,8 +168,6 @@ def build_model(recipe: RewardRecipe):  # noqa: ANN201 - RewardModel, imported l
         )
         model.encoder = get_peft_model(model.encoder, lora)
     elif cfg.method == "partial":  # the top encoder layers train, the rest stays as pretrained
-        from align.models import set_partial_trainable
-
         set_partial_trainable(model.encoder, cfg.partial, cfg.partial.trainable_top_k)
     elif cfg.method == "feature_extraction":
         model.cache_features()
@@ -185,9 +179,6 @@ def build_model(recipe: RewardRecipe):  # noqa: ANN201 - RewardModel, imported l
 
 def fit_normalization(model, units: list[dict[str, Any]], clip: float | None, batch_size: int = 32) -> None:  # noqa: ANN001
     """Score every distinct (prompt, response) of ``units`` raw and store their mean/std in the model."""
-    from reward_models.metrics import score_units
-    from reward_models.scorer import RewardScorer
-
     scorer = RewardScorer(model, batch_size=batch_size, normalize=False)
     seen: dict[str, float] = {}
     for unit, scores in zip(units, score_units(scorer.score, units)):
