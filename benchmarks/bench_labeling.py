@@ -28,7 +28,7 @@ from collections import Counter
 
 from checkout import ROOT  # noqa: E402 - the checkout on sys.path, before align is imported
 
-ITEM, FIRST_TEXT = 0, 7  # positions in a labeling endpoint's result (see tests/test_label_app.py)
+ITEM, FIRST_TEXT = 0, 8  # positions in a labeling endpoint's result (see tests/test_label_app.py)
 
 
 def seed(db: str, n_items: int, k: int, annotators: int) -> None:

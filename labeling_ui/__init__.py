@@ -15,6 +15,8 @@ Modules, from the database out:
 - ``passwords``: scrypt hashes with a per-user salt, constant-time comparison;
 - ``store``: every read and write as one short transaction (leases, labels, users, sessions);
 - ``logins``: failed-login back-off per user and per address, in front of Gradio's ``/login``;
+- ``render``: prompts and responses as safe HTML (Markdown, highlighted code, long ones collapsed);
+- ``browser``: the page's keyboard shortcuts, "show all", synchronized scrolling and CSS;
 - ``agreement``: Cohen's kappa and Krippendorff's alpha, pure functions;
 - ``export``: labels -> preference / ranking / rating rows that the dataset layer loads as they are;
 - ``app``: the Gradio Blocks app, whose callbacks only read the request, validate, call the store;

@@ -108,7 +108,10 @@ def pairwise_kappas(categories: Mapping[str, Mapping[Hashable, Hashable]], min_i
 
 
 def pair_category(ranks: Sequence[int] | None, choice: str | None) -> str:
-    """Nominal category of a two-response label in stored order: "0"/"1" (the winner), "tie", "both_bad"."""
+    """Nominal category of a two-response label in stored order: "0"/"1" (the winner), "tie", "both_bad";
+    of a thumbs label: "up" or "down"."""
+    if choice in ("up", "down"):
+        return choice
     if choice == "both_bad" or ranks is None:
         return "both_bad"
     if ranks[0] == ranks[1]:
@@ -137,7 +140,7 @@ def project_agreement(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Agreement of a project's done labels (``LabelStore.label_records``), by item id.
 
     ``pairwise``: Cohen's kappa per pair of annotators and their mean, and nominal alpha, over
-    two-response items; ``ranking``: ordinal alpha of ranks per (item, response), over all items
+    two-response items and thumbs items (up/down); ``ranking``: ordinal alpha of ranks per (item, response), over all items
     (both-bad votes have no ranks and are left out); ``scores``: interval alpha of scores per
     (item, response).
     """
@@ -149,7 +152,7 @@ def project_agreement(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         if rec["status"] != "done":
             continue
         item = rec["item"]
-        if len(rec["responses"]) == 2:
+        if len(rec["responses"]) <= 2:  # a pair, or one response judged up or down
             category = pair_category(rec["ranks"], rec["choice"])
             categories[rec["annotator"]][item] = category
             nominal[item].append(category)

@@ -11,8 +11,10 @@ are kept in the database too (``StoredLogins``), so a restart does not log anyon
 
 API endpoints (all need a login; gradio_client: ``Client(url, auth=(name, password))``):
 
-- ``/load``: the annotator's current item; ``/vote`` (item, choice a|b|tie|both_bad, flags,
-  scores as a JSON list in shown order); ``/rank`` (item, flags, scores, rank per shown response);
+- ``/load``: the annotator's current item; ``/vote`` (item, choice a|b|tie|both_bad or up|down for
+  the thumbs task, flags, scores as a JSON list in shown order, then one rating per slot and aspect
+  when the project has aspects); ``/rank`` (item, flags, scores, rank per slot, aspect ratings);
+  ``/rank_order`` (item, flags, scores, typed order best first such as ``BAC``, aspect ratings);
   ``/skip`` (item, reason, flags); ``/previous`` (item): the annotator's label before this one;
   ``/current``: back to the held item; ``/open_item`` (item): one of the annotator's own labels;
   ``/my_labels``; ``/draft``.
@@ -20,7 +22,8 @@ API endpoints (all need a login; gradio_client: ``Client(url, auth=(name, passwo
 
 Text from users and candidate files (item ids, skip reasons) is escaped wherever it reaches
 Markdown or an error toast (which Gradio renders as HTML), so an id cannot become a link or an
-image. Failed logins are throttled (``labeling_ui.logins``).
+image; prompts and responses go through ``labeling_ui.render`` (Markdown without raw HTML,
+images or script links). Failed logins are throttled (``labeling_ui.logins``).
 """
 
 from __future__ import annotations
@@ -45,43 +48,21 @@ from labeling_ui.agreement import format_summary, project_agreement
 from labeling_ui.errors import LabelError, NotAllowed
 from labeling_ui.export import ExportOptions, export_project
 from labeling_ui.logins import LoginGuard, LoginThrottle
-from labeling_ui.schemas import PAIR_CHOICES, ProjectConfig
+from labeling_ui.browser import CSS, SCORE_MARKS_JS, SCRIPT, key_hint
+from labeling_ui.render import prompt_html, response_html
+from labeling_ui.schemas import PAIR_CHOICES, THUMB_CHOICES, ProjectConfig, ranks_from_order, response_name
 from labeling_ui.store import LabelStore, Task, UserInfo, new_token, parse_vote
 
 logger = logging.getLogger("labeling_ui")
 
 EXPORT_FORMATS = ("jsonl", "json", "parquet")  # what gr.File can hand over: one file
-PAIR_BUTTONS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
-SHORTCUTS = {"1": "a", "2": "b", "3": "tie", "4": "both_bad", "a": "a", "b": "b", "t": "tie", "x": "both_bad"}
-BUTTON_LABELS = {choice: f"{label}  [{key}]" for choice, label in PAIR_BUTTONS.items()
-                 for key in [next(k for k, c in SHORTCUTS.items() if c == choice)]}
-# A button sends its own label as the choice; API callers may send a|b|tie|both_bad or a plain label.
-BUTTON_CHOICE = {**{label: c for c, label in PAIR_BUTTONS.items()}, **{label: c for c, label in BUTTON_LABELS.items()}}
-
-# Pairwise buttons from the keyboard; keys typed into a field are left alone.
-SHORTCUT_SCRIPT = """
-<script>
-document.addEventListener('keydown', (event) => {
-  const tag = (event.target && event.target.tagName) || '';
-  if (['INPUT', 'TEXTAREA', 'SELECT'].includes(tag) || event.target.isContentEditable) return;
-  if (event.ctrlKey || event.metaKey || event.altKey) return;
-  const ids = __KEYS__;
-  const id = ids[event.key.toLowerCase()];
-  const button = id && document.getElementById(id);
-  if (button && button.offsetParent !== null) { event.preventDefault(); button.click(); }
-});
-</script>
-""".replace("__KEYS__", json.dumps({key: f"vote-{choice.replace('_', '-')}" for key, choice in SHORTCUTS.items()}))
-
-
-def response_name(index: int) -> str:
-    """A, B, ..., Z, AA, AB, ... (as spreadsheet columns): every response has a name, however many there are."""
-    name = ""
-    index += 1
-    while index:
-        index, rest = divmod(index - 1, 26)
-        name = chr(ord("A") + rest) + name
-    return name
+CHOICE_LABELS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad", "up": "Good",
+                 "down": "Bad"}
+CHOICE_IDS = {choice: f"{'thumb' if choice in THUMB_CHOICES else 'vote'}-{choice.replace('_', '-')}"
+              for choice in CHOICE_LABELS}
+BUTTON_LABELS = {choice: f"{label}  {key_hint(CHOICE_IDS[choice])}" for choice, label in CHOICE_LABELS.items()}
+# A button sends its own label as the choice; API callers may send the choice itself or a plain label.
+BUTTON_CHOICE = {**{label: c for c, label in CHOICE_LABELS.items()}, **{label: c for c, label in BUTTON_LABELS.items()}}
 
 
 def md_text(text: str) -> str:
@@ -138,52 +119,64 @@ class StoredLogins(MutableMapping):
 
 
 class View:
-    """Turns store results into component updates, in the fixed order of ``outputs``."""
+    """Turns store results into component updates, in the fixed order of ``outputs``.
+
+    Per item: item id, progress, prompt, the pairwise / ranking / thumbs rows, flags, skip reason,
+    message, the hidden scores field, the typed-order box; then per response slot its column, its
+    rendered text, rank dropdown, score slider and one rating per aspect.
+    """
 
     def __init__(self, config: ProjectConfig, slots: int) -> None:
         self.config, self.slots = config, slots
 
-    def task(self, task: Task | None, progress: dict[str, int], message: str = "") -> list[Any]:
-        head = f"**You:** {progress['mine']} of {progress['items']} items · **project:** {progress['labels']} of {progress['needed']} labels"
+    def task(self, task: Task | None, progress: dict[str, Any], message: str = "") -> list[Any]:
+        head = (f"**You:** {progress['mine']} of {progress['items']} items · "
+                f"**project:** {progress['labels']} of {progress['needed']} labels{_time_left(progress)}")
         if task is None:
             done = "All done: no item needs your label now. Thank you!"
             return [
-                "", head, gr.update(value="", visible=False), gr.update(visible=False), gr.update(visible=False),
-                gr.update(value=[]), gr.update(value=None), message or done, "[]",
-                *[update for _ in range(self.slots) for update in self._slot(None, None, None, visible=False)],
+                "", head, gr.update(value="", visible=False), *[gr.update(visible=False)] * 3,
+                gr.update(value=[]), gr.update(value=None), message or done, "[]", "",
+                *[update for _ in range(self.slots) for update in self._slot(None, None, None, {}, visible=False)],
             ]
         n = len(task.responses)
         chosen = task.label or task.draft
         ranks = chosen.get("ranks") or [None] * n
         scores = chosen.get("scores") or [None] * n
-        note = message or self._note(task)
+        aspects = chosen.get("aspects") or {}
+        thumbs = self.config.task == "thumbs"
         out = [
             task.item,
             f"{head} · item {md_text(task.item)}",
-            gr.update(value=_prompt_text(task.prompt), visible=True),
-            gr.update(visible=n == 2),
-            gr.update(visible=n > 2),
+            gr.update(value=prompt_html(task.prompt), visible=True),
+            gr.update(visible=not thumbs and n == 2),
+            gr.update(visible=not thumbs and n > 2),
+            gr.update(visible=thumbs),
             gr.update(value=list(chosen.get("flags") or [])),
             gr.update(value=None),
-            note,
+            message or self._note(task),
             json.dumps(scores),
+            "",
         ]
         for i in range(self.slots):
             if i < n:
-                out += self._slot(task.responses[i], ranks[i], scores[i], visible=True, n=n, index=i)
+                given = {aspect: ratings[i] for aspect, ratings in aspects.items()}
+                out += self._slot(task.responses[i], ranks[i], scores[i], given, visible=True, n=n, index=i)
             else:
-                out += self._slot(None, None, None, visible=False)
+                out += self._slot(None, None, None, {}, visible=False)
         return out
 
-    def _slot(self, text: str | None, rank: int | None, score: float | None, *, visible: bool, n: int = 0,
-              index: int = 0) -> list[Any]:
+    def _slot(self, text: str | None, rank: int | None, score: float | None, aspects: dict[str, int | None], *,
+              visible: bool, n: int = 0, index: int = 0) -> list[Any]:
         score_cfg = self.config.score
-        mid = (score_cfg.minimum + score_cfg.maximum) / 2
+        mid = (score_cfg.minimum + score_cfg.maximum) / 2  # a slider needs a number; "unscored" hides it
+        name = response_name(index)
         return [
             gr.update(visible=visible),
-            gr.update(value=text or "", label=f"Response {response_name(index)}"),
+            gr.update(value=response_html(text, name) if text is not None else "", label=f"Response {name}"),
             gr.update(visible=visible and n > 2, choices=list(range(1, max(n, 2) + 1)), value=rank),
             gr.update(visible=visible and score_cfg.enabled, value=mid if score is None else score),
+            *[gr.update(visible=visible, value=aspects.get(aspect)) for aspect in self.config.aspects],
         ]
 
     @staticmethod
@@ -195,15 +188,17 @@ class View:
         elif task.label["choice"] == "ranked":
             what = "your ranks are filled in below"
         else:
-            what = f"you chose **{PAIR_BUTTONS[task.label['choice']]}**"
+            what = f"you chose **{CHOICE_LABELS[task.label['choice']]}**"
         return (f"Revising your label on item {md_text(task.item)} (revision {task.label['revision']}): {what}. "
                 "Vote again to change it, or go back to your current item.")
 
 
-def _prompt_text(prompt: Any) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in prompt)
+def _time_left(progress: dict[str, Any]) -> str:
+    """" · about N min left", from the annotator's recent pace; "" before there is a pace to go by."""
+    pace, left = progress.get("seconds_per_label"), progress.get("left_for_me", 0)
+    if not pace or not left:
+        return ""
+    return f" · about {max(1, round(left * pace / 60))} min left at your pace"
 
 
 def _scores(raw: str | None, n_max: int) -> list[float | None] | None:
@@ -309,29 +304,57 @@ class Handlers:
     def current(self, request: gr.Request) -> list[Any]:
         return self._current(self._who(request))
 
-    def vote(self, item: str, choice: str, flags: list[str] | None, scores: str, request: gr.Request) -> list[Any]:
+    def vote(self, request: gr.Request, item: str, choice: str, flags: list[str] | None, scores: str,
+             *aspects: Any) -> list[Any]:
         user = self._who(request)
         choice = BUTTON_CHOICE.get(choice, choice)
-        if choice not in PAIR_CHOICES:
-            raise _error(f"choice must be one of {', '.join(PAIR_CHOICES)}, got {choice!r}")
+        if choice not in CHOICE_LABELS:
+            raise _error(f"choice must be one of {', '.join(CHOICE_LABELS)}, got {choice!r}")
+        saved = self._submit(user, item=item, choice=choice, flags=flags, scores=scores, aspects=aspects)
+        return self._current(user, f"Saved item {md_text(saved['item'])}: {CHOICE_LABELS[choice]}.")
 
-        def act() -> dict[str, Any]:
-            vote = parse_vote(item=item, choice=choice, flags=flags or [], scores=_scores(scores, self.slots))
-            return self.store.submit(self.project, user.name, vote)
-
-        saved = self._guard(act)
-        return self._current(user, f"Saved item {md_text(saved['item'])}: {PAIR_BUTTONS[choice]}.")
-
-    def rank(self, request: gr.Request, item: str, flags: list[str] | None, scores: str, *ranks: Any) -> list[Any]:
+    def rank(self, request: gr.Request, item: str, flags: list[str] | None, scores: str, *values: Any) -> list[Any]:
+        """Ranks from the dropdowns (one value per slot), then the aspect ratings."""
         user = self._who(request)
+        ranks = [int(r) for r in values[:self.slots] if r not in (None, "")]  # hidden slots hold no rank
+        saved = self._submit(user, item=item, ranks=ranks, flags=flags, scores=scores, aspects=values[self.slots:])
+        return self._current(user, f"Saved ranking of item {md_text(saved['item'])}.")
+
+    def rank_order(self, request: gr.Request, item: str, flags: list[str] | None, scores: str, order: str,
+                   *aspects: Any) -> list[Any]:
+        """Ranks from a typed order, best first (``BAC``, ``B=A C``)."""
+        user = self._who(request)
+        n = len(self._guard(lambda: self.store.own_task(self.project, user.name, item)).responses)
+        try:
+            ranks = ranks_from_order(order or "", n)
+        except ValueError as err:
+            raise _error(str(err)) from None
+        saved = self._submit(user, item=item, ranks=ranks, flags=flags, scores=scores, aspects=aspects)
+        shown = " > ".join("=".join(response_name(i) for i, r in enumerate(ranks) if r == rank)
+                           for rank in sorted(set(ranks)))
+        return self._current(user, f"Saved ranking of item {md_text(saved['item'])}: {shown}.")
+
+    def _submit(self, user: UserInfo, *, flags: list[str] | None, scores: str, aspects: tuple[Any, ...],
+                **fields: Any) -> dict[str, Any]:
+        """Parse one vote (choice or ranks in ``fields``) and write it: one store transaction."""
 
         def act() -> dict[str, Any]:
-            values = [int(r) for r in ranks if r not in (None, "")]  # hidden slots hold no rank
-            vote = parse_vote(item=item, ranks=values, flags=flags or [], scores=_scores(scores, self.slots))
+            vote = parse_vote(**fields, flags=flags or [], scores=_scores(scores, self.slots),
+                              aspects=self._aspects(aspects))
             return self.store.submit(self.project, user.name, vote)
 
-        saved = self._guard(act)
-        return self._current(user, f"Saved ranking of item {md_text(saved['item'])}.")
+        return self._guard(act)
+
+    def _aspects(self, values: tuple[Any, ...]) -> dict[str, list[int | None]] | None:
+        """Aspect ratings as laid out (per slot, per aspect) -> aspect -> rating per slot; None without aspects."""
+        names = self.config.aspects
+        if not names or not values:
+            return None
+        if len(values) != self.slots * len(names):
+            raise _error(f"expected {self.slots * len(names)} aspect ratings ({self.slots} slots x {names}), "
+                         f"got {len(values)}")
+        return {name: [None if v in (None, "") else int(v) for v in values[j::len(names)]]
+                for j, name in enumerate(names)}
 
     def skip(self, item: str, reason: str | None, flags: list[str] | None, request: gr.Request) -> list[Any]:
         user = self._who(request)
@@ -405,36 +428,44 @@ def build_app(store: LabelStore, project: str, exports: ExportFolder) -> gr.Bloc
             gr.Button("Log out", link="/logout", size="sm", scale=0)
         with gr.Tab("Label"):
             with gr.Accordion("Guidelines", open=False):
-                gr.Markdown(cfg.guidelines)
+                gr.Markdown(cfg.guideline_text)
             progress = gr.Markdown(elem_id="progress", latex_delimiters=[])  # ids are shown as text, never as math
             item_ref = gr.Textbox(visible=False, label="item")
             scores_json = gr.Textbox(visible=False, label="scores")
-            prompt = gr.Textbox(label="Prompt", interactive=False, lines=2, max_lines=20, elem_id="prompt")
-            columns, texts, rank_boxes, sliders = [], [], [], []
+            prompt = gr.HTML(label="Prompt", elem_id="prompt")
+            columns, texts, rank_boxes, sliders, ratings = [], [], [], [], []
             with gr.Row(equal_height=False):
                 for i in range(slots):
                     with gr.Column(min_width=280) as column:
                         columns.append(column)
                         name = response_name(i)
-                        texts.append(gr.Textbox(label=f"Response {name}", interactive=False, lines=4, max_lines=30,
-                                                elem_id=f"response-{name.lower()}"))
+                        texts.append(gr.HTML(label=f"Response {name}", elem_id=f"response-{name.lower()}"))
                         rank_boxes.append(gr.Dropdown(choices=list(range(1, slots + 1)), label="Rank (1 = best)",
                                                       value=None, elem_id=f"rank-{name.lower()}"))
                         sliders.append(gr.Slider(cfg.score.minimum, cfg.score.maximum, step=cfg.score.step,
                                                  label="Score", info="no score until you move it",
-                                                 visible=cfg.score.enabled))
+                                                 visible=cfg.score.enabled, elem_classes=["score-slider", "unscored"]))
+                        ratings.append([gr.Radio(list(range(1, cfg.aspect_scale + 1)), label=aspect.replace("_", " "),
+                                                 value=None, elem_classes=["aspect"]) for aspect in cfg.aspects])
             with gr.Row() as pair_row:
-                buttons = {c: gr.Button(BUTTON_LABELS[c], elem_id=f"vote-{c.replace('_', '-')}",
+                buttons = {c: gr.Button(BUTTON_LABELS[c], elem_id=CHOICE_IDS[c],
                                         variant="primary" if c in ("a", "b") else "secondary") for c in PAIR_CHOICES}
-            submit_rank = gr.Button("Submit ranking", variant="primary", visible=False, elem_id="submit-ranking")
-            flags = gr.CheckboxGroup(cfg.flags, label="Flags", elem_id="flags")
+            with gr.Row(visible=False) as thumbs_row:
+                buttons |= {c: gr.Button(BUTTON_LABELS[c], elem_id=CHOICE_IDS[c], variant="primary")
+                            for c in THUMB_CHOICES}
+            with gr.Row(visible=False) as rank_row:
+                order_box = gr.Textbox(label="Order, best first: type the letters and press Enter", scale=3,
+                                       placeholder="e.g. BAC (= for a tie: B=A C)", elem_id="rank-order")
+                submit_rank = gr.Button("Submit ranking (dropdowns)", variant="secondary", elem_id="submit-ranking")
+            flags = gr.CheckboxGroup(cfg.flags, label="Flags [f]", elem_id="flags")
             with gr.Row():
-                skip_reason = gr.Dropdown(cfg.skip_reasons, label="Skip reason", value=None, scale=2)
-                skip_button = gr.Button("Skip", elem_id="skip")
-                previous_button = gr.Button("Previous (revise)", elem_id="previous")
-                current_button = gr.Button("Back to current item", elem_id="current")
+                skip_reason = gr.Dropdown(cfg.skip_reasons, label="Skip reason", value=None, scale=2,
+                                          elem_id="skip-reason")
+                skip_button = gr.Button("Skip [s]", elem_id="skip")
+                previous_button = gr.Button(f"Previous (revise) {key_hint('previous')}", elem_id="previous")
+                current_button = gr.Button(f"Back to current item {key_hint('current')}", elem_id="current")
             message = gr.Markdown(elem_id="message", latex_delimiters=[])
-        with gr.Tab("My labels"):
+        with gr.Tab("My labels") as mine_tab:
             mine = gr.Dataframe(headers=["item", "status", "choice", "ranks (as shown)", "flags", "skip reason",
                                          "revision", "updated"], interactive=False)
             with gr.Row():
@@ -458,31 +489,37 @@ def build_app(store: LabelStore, project: str, exports: ExportFolder) -> gr.Bloc
             export_file = gr.File(label="Exported file")
             export_note = gr.Markdown()
 
-        outputs = [item_ref, progress, prompt, pair_row, submit_rank, flags, skip_reason, message, scores_json]
+        outputs = [item_ref, progress, prompt, pair_row, rank_row, thumbs_row, flags, skip_reason, message,
+                   scores_json, order_box]
         for i in range(slots):
-            outputs += [columns[i], texts[i], rank_boxes[i], sliders[i]]
+            outputs += [columns[i], texts[i], rank_boxes[i], sliders[i], *ratings[i]]
+        aspect_inputs = [radio for slot in ratings for radio in slot]
 
         demo.load(h.load, None, [*outputs, who, admin_tab], api_name="load")
         for choice, button in buttons.items():
-            # One handler for the four buttons: the button's own label is the choice.
-            button.click(h.vote, [item_ref, button, flags, scores_json], outputs,
+            # One handler for every choice button: the button's own label is the choice.
+            button.click(h.vote, [item_ref, button, flags, scores_json, *aspect_inputs], outputs,
                          api_name="vote" if choice == "a" else None,
                          api_visibility="public" if choice == "a" else "undocumented")
-        submit_rank.click(h.rank, [item_ref, flags, scores_json, *rank_boxes], outputs, api_name="rank")
+        submit_rank.click(h.rank, [item_ref, flags, scores_json, *rank_boxes, *aspect_inputs], outputs, api_name="rank")
+        order_box.submit(h.rank_order, [item_ref, flags, scores_json, order_box, *aspect_inputs], outputs,
+                         api_name="rank_order")
         skip_button.click(h.skip, [item_ref, skip_reason, flags], outputs, api_name="skip")
         previous_button.click(h.previous, [item_ref], outputs, api_name="previous")
         current_button.click(h.current, None, outputs, api_name="current")
         open_button.click(h.open_item, [open_id], outputs, api_name="open_item")
         refresh_mine.click(h.my_labels, None, mine, api_name="my_labels")
+        mine_tab.select(h.my_labels, None, mine, api_visibility="private")
         draft_inputs = [item_ref, flags, scores_json, *rank_boxes]
         gr.on([flags.input, *[box.input for box in rank_boxes]], h.draft, draft_inputs, None,
               api_name="draft", trigger_mode="always_last", show_progress="hidden")
         for i, slider in enumerate(sliders):
-            # The browser records which sliders were moved (an untouched one is no score, null), then saves the draft.
-            slider.release(None, [slider, scores_json], scores_json, queue=False, api_visibility="private",
-                           js=f"(v, s) => {{ let a = []; try {{ a = JSON.parse(s) || []; }} catch (e) {{}} "
-                              f"while (a.length < {i + 1}) a.push(null); a[{i}] = v; return JSON.stringify(a); }}",
-                           ).then(h.draft, draft_inputs, None, api_visibility="private", show_progress="hidden")
+            # The browser records which sliders were moved (an untouched one is no score, null); a release saves the draft.
+            slider.input(None, [slider, scores_json], scores_json, queue=False, api_visibility="private",
+                         js=f"(v, s) => {{ let a = []; try {{ a = JSON.parse(s) || []; }} catch (e) {{}} "
+                            f"while (a.length < {i + 1}) a.push(null); a[{i}] = v; return JSON.stringify(a); }}")
+            slider.release(h.draft, draft_inputs, None, api_visibility="private", show_progress="hidden")
+        scores_json.change(None, scores_json, None, js=SCORE_MARKS_JS, queue=False, api_visibility="private")
         refresh_admin.click(h.admin_refresh, None, [people, summary], api_name="admin_refresh")
         export_button.click(h.admin_export, [kind, ties, aggregate, min_labels, min_agreement, fmt],
                             [export_file, export_note], api_name="admin_export")
@@ -517,7 +554,8 @@ def serve(db: str, project: str, *, host: str = "127.0.0.1", port: int | None = 
         quiet=quiet,
         ssr_mode=False,
         show_error=True,
-        head=SHORTCUT_SCRIPT,
+        head=SCRIPT,
+        css=CSS,
         app_kwargs={"lifespan": lifespan, "middleware": [Middleware(LoginGuard, throttle=throttle or LoginThrottle())]},
     )
     logger.info("labeling project '%s' at %s (database %s)", project, demo.local_url, store.url)

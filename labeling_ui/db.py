@@ -110,6 +110,7 @@ class Label(Base):
     choice: Mapped[str | None] = mapped_column(String(16))  # a | b | tie | both_bad (as shown) | None
     ranks: Mapped[list[int] | None] = mapped_column(JSON)  # per stored response, 1 best; None: both_bad / skipped
     scores: Mapped[list[float | None] | None] = mapped_column(JSON)  # per stored response
+    aspects: Mapped[dict[str, list[int | None]] | None] = mapped_column(JSON, nullable=True)  # aspect -> per stored response
     order: Mapped[list[int]] = mapped_column("shown_order", JSON)  # shown position -> stored response index
     flags: Mapped[list[str]] = mapped_column(JSON)
     skip_reason: Mapped[str | None] = mapped_column(Text)

@@ -15,6 +15,9 @@ Rows carry the canonical columns of their kind plus ``id`` (the item), ``annotat
 - ``min_labels``: items with fewer done labels are left out. ``min_agreement``: items whose
   ``agreement.item_agreement`` (share agreeing with the majority, averaged over response pairs;
   for two responses the share of the most common vote) is lower are left out.
+- Thumbs labels (the thumbs task) export as ``rating`` rows, score 1.0 for up and 0.0 for down
+  (majority: the share of ups), which ``align kto`` reads as thumbs with its default threshold 0.5.
+- ``aspect``: a rating export of one per-aspect rating (1..aspect_scale) instead of the slider score.
 - Preference pairs come from the rankings through the dataset layer's ``ranking_to_preference``:
   margin = rank difference, ties dropped or kept with margin 0 (``ties``). Both-bad votes carry no
   order and appear in no preference or ranking row; a ranking where every response ties is
@@ -42,6 +45,7 @@ from labeling_ui.schemas import dense_ranks
 ExportKind = Literal["preference", "ranking", "rating"]
 EXPORT_KINDS = ("preference", "ranking", "rating")
 OUT_FORMATS = ("auto", "jsonl", "json", "parquet", "disk")
+THUMBS = {"up": 1.0, "down": 0.0}  # a thumbs label as a rating score
 
 
 @dataclass
@@ -52,6 +56,7 @@ class ExportOptions:
     min_labels: int = 1
     min_agreement: float = 0.0
     drop_flagged: bool = False
+    aspect: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in EXPORT_KINDS:
@@ -64,6 +69,8 @@ class ExportOptions:
             raise LabelError(f"min_agreement={self.min_agreement}: expected a share between 0 and 1")
         if self.min_labels < 1:
             raise LabelError(f"min_labels={self.min_labels}: expected at least 1")
+        if self.aspect is not None and self.kind != "rating":
+            raise LabelError(f"aspect '{self.aspect}': aspect ratings export as kind rating, not {self.kind}")
 
 
 @dataclass
@@ -82,6 +89,11 @@ def build_rows(records: list[dict[str, Any]], opts: ExportOptions) -> ExportResu
         if opts.drop_flagged and rec["flags"]:
             dropped["flagged_labels"] += 1
             continue
+        if rec["choice"] in THUMBS and opts.kind != "rating":
+            dropped["thumbs_labels"] += 1  # one response judged alone: no order to export
+            continue
+        if opts.kind == "rating":
+            rec = {**rec, "scores": _rated(rec, opts.aspect)}
         by_item[rec["item"]].append(rec)
     rows: list[dict[str, Any]] = []
     for labels in by_item.values():
@@ -101,6 +113,8 @@ def build_rows(records: list[dict[str, Any]], opts: ExportOptions) -> ExportResu
 
 
 def _agreement(labels: list[dict[str, Any]], kind: str) -> float:
+    if labels[0]["choice"] in THUMBS:
+        return max(Counter(rec["choice"] for rec in labels).values()) / len(labels)
     if kind == "rating":
         scored = [[-s for s in rec["scores"]] for rec in labels if rec["scores"] and None not in rec["scores"]]
         return item_agreement(scored) if scored else float("nan")
@@ -158,6 +172,15 @@ def _drop_full_ties(rows: list[dict[str, Any]], opts: ExportOptions, dropped: Co
     kept = [row for row in rows if len(set(row["ranks"])) > 1]
     dropped["all_tied_rankings"] += len(rows) - len(kept)
     return kept
+
+
+def _rated(rec: dict[str, Any], aspect: str | None) -> list[float | None] | None:
+    """What a rating row scores: thumbs 1.0 / 0.0, one aspect's ratings, or the slider scores (stored order)."""
+    if rec["choice"] in THUMBS:
+        return [THUMBS[rec["choice"]]]
+    if aspect is not None:
+        return (rec.get("aspects") or {}).get(aspect)
+    return rec["scores"]
 
 
 def _rating_rows(labels: list[dict[str, Any]], opts: ExportOptions, agreement: float, dropped: Counter) -> list[dict]:

@@ -19,8 +19,10 @@ from align.data import DataError, validate_row
 from align.data.records import FormChecker, describe
 from labeling_ui.errors import LabelError
 
-PairChoice = Literal["a", "b", "tie", "both_bad"]
+# a|b|tie|both_bad compare two responses; up|down judge one alone (the thumbs task: the unpaired feedback KTO trains on)
+Choice = Literal["a", "b", "tie", "both_bad", "up", "down"]
 PAIR_CHOICES: tuple[str, ...] = ("a", "b", "tie", "both_bad")
+THUMB_CHOICES: tuple[str, ...] = ("up", "down")
 
 # A project name becomes part of a file name (admin export): a slug, so it can never be a path.
 PROJECT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -38,7 +40,16 @@ Read the prompt, then every response in full.
 - **Tie**: both are about equally good. **Both bad**: neither is acceptable.
 - With more than two responses, give each a rank (1 is best); equal numbers are ties.
 - Flag a response that is unsafe or nonsense; skip an item you cannot judge, with a reason.
-- Keyboard: `1` A better, `2` B better, `3` tie, `4` both bad.
+- Keyboard: `1`/`a` A better, `2`/`b` B better, `3`/`t` tie, `4`/`x` both bad; with more responses type
+  the order, best first (`BAC`, `=` for a tie: `B=A C`) and press Enter; `e` shows long responses in full.
+"""
+
+THUMBS_GUIDELINES = """\
+Read the prompt and the response in full, then judge the response on its own.
+
+- **Good** (`u`): helpful, correct and safe; you would be glad to receive it.
+- **Bad** (`d`): unhelpful, wrong or unsafe in any way that matters.
+- Flag a response that is unsafe or nonsense; skip an item you cannot judge, with a reason.
 """
 
 
@@ -57,11 +68,15 @@ class ScoreSettings(Section):
 
 
 class ProjectConfig(Section):
+    task: Literal["compare", "thumbs"] = Field(
+        "compare", description="compare: rank an item's responses; thumbs: one response, good or bad (import splits "
+        "a row with several responses into one item per response, ids ID#1, ID#2, ...)."
+    )
     labels_per_item: int = Field(3, gt=0, description="K: labels each item needs, from K distinct annotators.")
     lease_seconds: int = Field(
         1800, gt=0, description="An item handed to an annotator is held for them this long before others may take it."
     )
-    guidelines: str = Field(DEFAULT_GUIDELINES, description="Markdown shown in the guidelines panel.")
+    guidelines: str | None = Field(None, description="Markdown shown in the guidelines panel (default: per task).")
     shuffle: bool = Field(True, description="Show responses in an order drawn per item and annotator.")
     score: ScoreSettings = Field(default_factory=ScoreSettings)
     flags: list[str] = Field(default_factory=lambda: ["unsafe", "nonsense"], description="Flags an annotator may set.")
@@ -73,6 +88,30 @@ class ProjectConfig(Section):
     session_hours: float = Field(
         12.0, gt=0, allow_inf_nan=False, description="A login stays valid this long, across server restarts."
     )
+    aspects: list[str] = Field(
+        default_factory=list, description="Aspects each response is rated on, 1..aspect_scale (UltraFeedback: "
+        "helpfulness, honesty, harmlessness, instruction_following); none by default."
+    )
+    aspect_scale: int = Field(5, ge=2, le=10, description="Aspect ratings run from 1 (worst) to this.")
+
+    @field_validator("aspects")
+    @classmethod
+    def _distinct_aspects(cls, aspects: list[str]) -> list[str]:
+        bad = [a for a in aspects if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", a)]
+        if bad or len(set(aspects)) != len(aspects):
+            raise ValueError(f"aspects {aspects}: distinct lower-case names (letters, digits, '_') expected")
+        return aspects
+
+    @property
+    def guideline_text(self) -> str:
+        if self.guidelines is not None:
+            return self.guidelines
+        return THUMBS_GUIDELINES if self.task == "thumbs" else DEFAULT_GUIDELINES
+
+    @property
+    def min_responses(self) -> int:
+        """Responses an item needs: one to judge alone, two to compare."""
+        return 1 if self.task == "thumbs" else 2
 
 
 # --------------------------------------------------------------------------- names and stored text
@@ -202,13 +241,15 @@ def labelable_responses(responses: list[dict[str, Any]]) -> tuple[list[dict[str,
 class Vote(Section):
     """One annotator action on one item, in the order the responses were shown.
 
-    Exactly one of ``choice`` (two responses), ``ranks`` (rank per shown response, 1 best,
-    equal numbers tie) or ``skip_reason`` is set.
+    Exactly one of ``choice`` (a|b|tie|both_bad for two responses, up|down for the thumbs task),
+    ``ranks`` (rank per shown response, 1 best, equal numbers tie) or ``skip_reason`` is set.
+    ``aspects`` maps an aspect to a rating (1..aspect_scale, or None) per shown response.
     """
 
     item: str = Field(..., min_length=1, description="Item id (the candidates file's id).")
-    choice: PairChoice | None = None
+    choice: Choice | None = None
     ranks: list[int] | None = None
+    aspects: dict[str, list[int | None]] | None = None
     scores: list[float | None] | None = Field(None, description="Score per shown response, or None where not given.")
     flags: list[str] = Field(default_factory=list)
     skip_reason: str | None = None
@@ -234,13 +275,27 @@ class Vote(Section):
             raise ValueError(f"a vote needs exactly one of choice, ranks or skip_reason; got {given or 'none'}")
         return self
 
+    def aspect_ratings(self, n_responses: int) -> dict[str, list[int | None]]:
+        """The aspects with at least one rating, each as exactly one entry per response (shown order)."""
+        out = {}
+        for aspect, ratings in (self.aspects or {}).items():
+            fitted = (list(ratings) + [None] * n_responses)[:n_responses]
+            if any(r is not None for r in fitted):
+                out[aspect] = fitted
+        return out
+
     @property
     def status(self) -> str:
         return "skipped" if self.skip_reason is not None else "done"
 
     def check(self, n_responses: int, config: ProjectConfig) -> None:
         """Raise ValueError if this vote does not fit an item of ``n_responses`` under ``config``."""
-        if self.choice is not None and n_responses != 2:
+        thumbs = config.task == "thumbs"
+        if self.choice in THUMB_CHOICES and not thumbs:
+            raise ValueError(f"'{self.choice}' is a thumbs choice; this project compares responses")
+        if thumbs and (self.ranks is not None or self.choice in PAIR_CHOICES):
+            raise ValueError("this project is a thumbs task: vote up or down")
+        if self.choice in PAIR_CHOICES and n_responses != 2:
             raise ValueError(f"a pairwise choice needs 2 responses; item {self.item} has {n_responses}: rank them")
         if self.ranks is not None:
             if len(self.ranks) != n_responses:
@@ -262,9 +317,63 @@ class Vote(Section):
             bad_scores = [s for s in self.scores if s is not None and not lo <= s <= hi]
             if bad_scores:
                 raise ValueError(f"scores must lie in [{lo}, {hi}], got {bad_scores}")
+        for aspect, ratings in (self.aspects or {}).items():
+            if aspect not in config.aspects:
+                raise ValueError(f"unknown aspect '{aspect}'; this project's aspects: {config.aspects}")
+            extra = ratings[n_responses:]  # the app sends a value per slot; slots past the item's responses are empty
+            if any(r is not None for r in extra) or any(r is not None and not 1 <= r <= config.aspect_scale
+                                                        for r in ratings):
+                raise ValueError(f"aspect '{aspect}': one rating in 1..{config.aspect_scale} (or null) per response "
+                                 f"of {n_responses}, got {ratings}")
         wants_all = config.score.enabled and config.score.required and self.status == "done"
         if wants_all and (self.scores is None or any(s is None for s in self.scores)):
             raise ValueError("this project requires a score for every response")
+
+
+def response_name(index: int) -> str:
+    """A, B, ..., Z, AA, AB, ... (as spreadsheet columns): every response has a name, however many there are."""
+    name = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        name = chr(ord("A") + rest) + name
+    return name
+
+
+def ranks_from_order(order: str, n: int) -> list[int]:
+    """Ranks per shown response (1 best) from a typed order, best first: ``"BAC"`` -> ``[2, 1, 3]``.
+
+    ``=`` joins tied responses (``"B=A C"`` -> ``[1, 1, 2]``); spaces, commas and ``>`` separate.
+    Up to 26 responses each letter is a response, so ``"BAC"`` needs no separators; past that,
+    names (``AA``) are separated. Every response must appear exactly once: a ValueError names
+    the unknown, repeated or missing ones.
+    """
+    names = [response_name(i) for i in range(n)]
+    tokens = re.findall(r"[A-Z]+|=", order.upper())
+    if n <= 26:
+        tokens = [part for token in tokens for part in (token if token != "=" else [token])]
+    groups: list[list[str]] = []
+    joined = False
+    for token in tokens:
+        if token == "=":
+            joined = bool(groups)
+            continue
+        if joined:
+            groups[-1].append(token)
+        else:
+            groups.append([token])
+        joined = False
+    given = [name for group in groups for name in group]
+    unknown = sorted(set(given) - set(names))
+    repeated = sorted({name for name in given if given.count(name) > 1})
+    missing = [name for name in names if name not in given]
+    problems = [f"{what}: {', '.join(which)}" for what, which in
+                (("unknown", unknown), ("given twice", repeated), ("missing", missing)) if which]
+    if problems:
+        raise ValueError(f"order {order.strip()!r} ({'; '.join(problems)}): give each of {names[0]}-{names[-1]} once, "
+                         "best first")
+    rank_of = {name: rank for rank, group in enumerate(groups, 1) for name in group}
+    return [rank_of[name] for name in names]
 
 
 def dense_ranks(values: list[float]) -> list[int]:

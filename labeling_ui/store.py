@@ -30,6 +30,7 @@ import math
 import random
 import re
 import secrets
+import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -75,6 +76,8 @@ T = TypeVar("T")
 ROLES = ("annotator", "admin")
 USER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 RETRIES = 5
+PACE_WINDOW = 20  # labels the time-left estimate looks back over
+PACE_BREAK = 600.0  # a longer gap between two labels is a break, not work
 
 
 @dataclass(frozen=True)
@@ -139,9 +142,9 @@ def to_shown(values: list[Any] | None, order: list[int]) -> list[Any] | None:
     return None if values is None else [values[index] for index in order]
 
 
-def pair_ranks(choice: str) -> list[int] | None:
-    """Ranks of the two shown responses for a pairwise choice; None for both_bad (no order between them)."""
-    return {"a": [1, 2], "b": [2, 1], "tie": [1, 1], "both_bad": None}[choice]
+def choice_ranks(choice: str) -> list[int] | None:
+    """Ranks of the shown responses for a choice; None for both_bad and thumbs up/down (no order between responses)."""
+    return {"a": [1, 2], "b": [2, 1], "tie": [1, 1]}.get(choice)
 
 
 class LabelStore:
@@ -284,6 +287,7 @@ class LabelStore:
                 proj = self._upsert_project(session, project, config, update=True)
             else:
                 proj = self._project(session, project)
+            cfg = ProjectConfig.model_validate(proj.config)
             report = ImportReport()
             existing = {item.key: item for item in session.scalars(
                 select(Item).where(Item.project_id == proj.id).order_by(Item.id))}
@@ -292,7 +296,7 @@ class LabelStore:
                 forms.check_prompt(item.prompt, item.source)
             seen: dict[str, str] = {}
             now = time.time()
-            for where, row in rows:
+            for where, row in (split_for_thumbs(rows) if cfg.task == "thumbs" else rows):
                 key = row["key"]
                 if key in seen:
                     raise DataError(where, f"id '{key}' appears twice in the file (first at {seen[key]})", "id")
@@ -311,9 +315,9 @@ class LabelStore:
                         )
                     report.unchanged += 1
                     continue
-                if len(responses) < 2:
+                if len(responses) < cfg.min_responses:
                     why = f"{len(responses)} labelable response(s) after dropping {n_empty} empty and merging {n_merged} identical"
-                    report.skipped.append(f"{where}: id '{key}': {why}; nothing to compare")
+                    report.skipped.append(f"{where}: id '{key}': {why}; nothing to {'judge' if cfg.task == 'thumbs' else 'compare'}")
                     continue
                 forms.check_prompt(row["prompt"], where)
                 session.add(
@@ -501,6 +505,7 @@ class LabelStore:
                 "choice": label.choice,
                 "ranks": to_shown(label.ranks, order),
                 "scores": to_shown(label.scores, order),
+                "aspects": {a: to_shown(r, order) for a, r in (label.aspects or {}).items()},
                 "flags": list(label.flags),
                 "skip_reason": label.skip_reason,
                 "revision": label.revision,
@@ -550,13 +555,15 @@ class LabelStore:
             except ValueError as err:
                 raise LabelError(f"item '{vote.item}': {err}") from None
             order = label.order if label is not None else lease.order
-            ranks = pair_ranks(vote.choice) if vote.choice is not None else vote.ranks
+            ranks = choice_ranks(vote.choice) if vote.choice is not None else vote.ranks
             values = {
                 "status": vote.status,
                 "choice": vote.choice if vote.choice is not None else ("ranked" if vote.ranks is not None else None),
                 "ranks": to_stored(ranks, order),
                 "scores": to_stored(vote.scores, order) if vote.scores is not None and any(
                     s is not None for s in vote.scores) else None,
+                "aspects": {aspect: to_stored(ratings, order)
+                            for aspect, ratings in vote.aspect_ratings(len(order)).items()} or None,
                 "flags": sorted(set(vote.flags)),
                 "skip_reason": vote.skip_reason,
             }
@@ -638,10 +645,11 @@ class LabelStore:
 
         return self._transact(work, write=False)
 
-    def progress(self, project: str, user: str) -> dict[str, int]:
-        """``mine``: items this annotator labeled or skipped; ``items``; ``labels`` done of ``needed`` (items x K)."""
+    def progress(self, project: str, user: str) -> dict[str, Any]:
+        """``mine``: items this annotator labeled or skipped; ``items``; ``labels`` done of ``needed`` (items x K);
+        ``left_for_me``: items still open to them; ``seconds_per_label``: their recent pace (None before 3 labels)."""
 
-        def work(session: Session) -> dict[str, int]:
+        def work(session: Session) -> dict[str, Any]:
             proj = self._project(session, project)
             cfg = ProjectConfig.model_validate(proj.config)
             person = self._user(session, user)
@@ -652,7 +660,16 @@ class LabelStore:
             done = session.scalar(
                 select(func.count(Label.id)).where(Label.project_id == proj.id, Label.status == "done")
             )
-            return {"mine": mine, "items": n_items, "labels": done, "needed": n_items * cfg.labels_per_item}
+            done_on_item = select(func.count(Label.id)).where(Label.item_id == Item.id, Label.status == "done")
+            open_to_me = session.scalar(select(func.count(Item.id)).where(
+                Item.project_id == proj.id, done_on_item.scalar_subquery() < cfg.labels_per_item,
+                ~exists().where(Label.item_id == Item.id, Label.user_id == person.id)))
+            recent = session.scalars(
+                select(Label.created_at).where(Label.project_id == proj.id, Label.user_id == person.id)
+                .order_by(Label.created_at.desc()).limit(PACE_WINDOW + 1)
+            ).all()
+            return {"mine": mine, "items": n_items, "labels": done, "needed": n_items * cfg.labels_per_item,
+                    "left_for_me": open_to_me, "seconds_per_label": pace(recent)}
 
         return self._transact(work, write=False)
 
@@ -716,7 +733,7 @@ class LabelStore:
                 {
                     "item": item.key, "prompt": item.prompt, "responses": item.responses, "meta": item.meta,
                     "annotator": name, "status": label.status, "choice": label.choice, "ranks": label.ranks,
-                    "scores": label.scores, "order": label.order, "flags": list(label.flags),
+                    "scores": label.scores, "aspects": label.aspects, "order": label.order, "flags": list(label.flags),
                     "skip_reason": label.skip_reason, "revision": label.revision,
                     "created_at": label.created_at, "updated_at": label.updated_at,
                 }
@@ -739,6 +756,25 @@ class LabelStore:
             return {"rows": rows, "distinct": pairs}
 
         return self._transact(work, write=False)
+
+
+def pace(times: list[float]) -> float | None:
+    """Median seconds between consecutive labels, breaks (gaps over ``PACE_BREAK``) left out; None under 2 gaps."""
+    gaps = sorted(abs(a - b) for a, b in zip(times, times[1:]) if abs(a - b) <= PACE_BREAK)
+    return statistics.median(gaps) if len(gaps) >= 2 else None
+
+
+def split_for_thumbs(rows: list[tuple[str, dict[str, Any]]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """One single-response row per response (ids ``ID#1``, ``ID#2``, ...) for the thumbs task; one-response rows stay."""
+    for where, row in rows:
+        if len(row["responses"]) == 1:
+            yield where, row
+            continue
+        for j, response in enumerate(row["responses"], 1):
+            key = f"{row['key']}#{j}"
+            if problem := text_problem(key, MAX_ITEM_ID):
+                raise DataError(where, f"id '{key[:80]}' of response {j}: {problem}", "id")
+            yield where, {**row, "key": key, "responses": [response]}
 
 
 def parse_vote(**fields: Any) -> Vote:

@@ -32,8 +32,8 @@ from labeling_ui.store import LabelStore
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 # Positions in a labeling endpoint's result (gradio_client leaves out layout blocks and buttons).
-ITEM, PROGRESS, PROMPT, FLAGS, SKIP_REASON, MESSAGE, SCORES = range(7)
-FIRST_TEXT = 7  # then (text, rank, slider) per response slot
+ITEM, PROGRESS, PROMPT, FLAGS, SKIP_REASON, MESSAGE, SCORES, ORDER = range(8)
+FIRST_TEXT = 8  # then (rendered text, rank, slider, one rating per aspect) per response slot
 
 
 def free_port() -> int:
@@ -110,7 +110,7 @@ def test_vote_is_written_for_the_logged_in_annotator(app: dict) -> None:
     assert rec["choice"] == "b" and rec["flags"] == ["nonsense"]
     shown_b = rec["order"][1]  # B was the second shown response: rank 1, score 7.5, in stored order
     assert rec["ranks"][shown_b] == 1 and rec["scores"][shown_b] == 7.5 and rec["scores"][rec["order"][0]] is None
-    assert rec["responses"][shown_b]["text"] == texts[1]
+    assert f"<p>{rec['responses'][shown_b]['text']}</p>" in texts[1]  # rendered as Markdown
     assert "model-" not in json.dumps(shown)  # model names never reach the annotator
 
 
@@ -467,3 +467,90 @@ def _to_pairwise(page) -> str:
         page.locator("#message").get_by_text(f"Saved ranking of item {item}").wait_for()
         item = _shown_item(page)
     return item
+
+
+# --------------------------------------------------------------------------- readable items, keyboard ranking (issue 16)
+
+MD_RESPONSES = [
+    "**Bold claim** with a list:\n\n- one\n- two\n\n" + "A long paragraph that goes on. " * 80,
+    "Use this:\n\n```python\ndef f(x):\n    return x * 2\n```\n<script>document.title='pwned'</script>",
+    "[click me](javascript:document.title='pwned') <img src=x onerror=\"document.title='pwned'\"> plain end",
+]
+
+
+@pytest.fixture(scope="module")
+def md_app(tmp_path_factory: pytest.TempPathFactory):
+    """Items of three Markdown responses (one long, one with code, one hostile), scores and one aspect."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('md') / 'labels.db'}"
+    store = LabelStore(url)
+    rows = [(f"m:{i}", parse_candidate({"id": f"m{i}", "prompt": f"Explain `f` ({i})", "responses": MD_RESPONSES},
+                                       f"m:{i}")) for i in range(4)]
+    config = ProjectConfig(labels_per_item=1, score={"enabled": True}, aspects=["helpfulness"])
+    store.import_items("md", rows, config, create=True)
+    for name in ("reader", "typist"):
+        store.add_user(name, "annotator", f"{name}-password")
+    demo = serve(url, "md", port=free_port(), block=False, quiet=True)
+    yield {"url": demo.local_url, "store": store}
+    demo.close()
+
+
+def test_typed_order_and_aspects_through_the_api(md_app: dict) -> None:
+    client = login(md_app, "typist")
+    shown = client.predict(api_name="/load")
+    assert "<strong>Bold claim</strong>" in "".join(shown[FIRST_TEXT + 4 * i]["value"] for i in range(3))
+    with pytest.raises(AppError, match=r"unknown: D; missing: C"):
+        client.predict(shown[ITEM], [], "null", "BAD", None, None, None, api_name="/rank_order")
+    after = client.predict(shown[ITEM], [], "null", "c=a b", 5, None, 2, api_name="/rank_order")
+    assert f"Saved ranking of item {shown[ITEM]}: A=C > B." in after[MESSAGE]
+    [rec] = [r for r in md_app["store"].label_records("md") if r["annotator"] == "typist"]
+    order = rec["order"]  # shown position -> stored index
+    assert [rec["ranks"][order[j]] for j in range(3)] == [1, 2, 1]
+    assert [rec["aspects"]["helpfulness"][order[j]] for j in range(3)] == [5, None, 2]
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)")
+def test_browser_renders_markdown_safely_and_ranks_by_keyboard(md_app: dict) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(30_000)
+            page.goto(md_app["url"])
+            page.get_by_label("username").fill("reader")
+            page.get_by_label("password").fill("reader-password")
+            page.get_by_role("button", name="Login").click()
+            page.locator(".response .response-body").first.wait_for()
+            responses = page.locator(".response")
+            # Markdown and highlighted code are shown; the script, the image and the javascript: link are text.
+            assert page.locator(".response strong").get_by_text("Bold claim").count() == 1
+            assert page.locator(".response pre code span.k").first.inner_text() == "def"
+            assert page.locator("#prompt code").inner_text() == "f"
+            assert page.locator(".response script, .response img, .response a").count() == 0
+            assert "<script>document.title" in responses.all_inner_texts().__str__()
+            assert page.title() != "pwned"
+            # The long response starts collapsed; "e" shows it in full. Untouched sliders show no value.
+            assert page.locator(".response.long.collapsed").count() == 1
+            assert page.locator(".score-slider.unscored").count() == 3
+            page.locator("body").press("e")
+            assert page.locator(".response.long.collapsed").count() == 0
+            # Keyboard alone: a score with the arrow keys, then type the order, best first, and press Enter.
+            item = _shown_item(page)
+            page.locator(".score-slider input[type=range]").first.focus()
+            page.keyboard.press("ArrowRight")
+            page.wait_for_function("document.querySelectorAll('.score-slider.unscored').length === 2")
+            names = [r.get_attribute("data-name") for r in responses.all()]
+            assert names == ["A", "B", "C"]
+            for key in "BAC":
+                page.keyboard.press(key.lower())
+            assert page.locator("#rank-order textarea, #rank-order input").first.input_value().upper() == "BAC"
+            page.keyboard.press("Enter")
+            page.locator("#message").get_by_text(f"Saved ranking of item {item}: B > A > C").wait_for()
+            [rec] = [r for r in md_app["store"].label_records("md") if r["annotator"] == "reader"]
+            assert [rec["ranks"][rec["order"][j]] for j in range(3)] == [2, 1, 3]
+            scores = [rec["scores"][rec["order"][j]] for j in range(3)]
+            assert scores[0] == pytest.approx(4.1) and scores[1:] == [None, None]  # midpoint 4 plus one step
+            assert page.locator("#rank-order textarea, #rank-order input").first.input_value() == ""
+            assert page.title() != "pwned"
+        finally:
+            browser.close()

@@ -155,3 +155,60 @@ def test_exports_train_align_reward(store: LabelStore, tiny_bert_dir: Path, tmp_
     losses = [json.loads(line)["train/loss"] for line in (Path(result.output_dir) / "metrics.jsonl").read_text().splitlines()
               if "train/loss" in json.loads(line)]
     assert losses and all(math.isfinite(x) for x in losses)
+
+
+def test_thumbs_task_splits_rows_and_exports_ratings_kto_reads(tmp_path: Path) -> None:
+    store = LabelStore(f"sqlite:///{tmp_path / 'thumbs.db'}")
+    rows_in = [("c:1", parse_candidate({"id": "t1", "prompt": "hi", "responses": ["hello", "go away"]}, "c:1")),
+               ("c:2", parse_candidate({"id": "t2", "prompt": "2+2?", "responses": ["4"]}, "c:2"))]
+    report = store.import_items("kto", rows_in, ProjectConfig(task="thumbs", labels_per_item=2), create=True)
+    assert report.added == 3 and not report.skipped
+    for name in ("u1", "u2"):
+        store.add_user(name, "annotator", f"{name}-password")
+    votes = {"t1#1": ("up", "up"), "t1#2": ("down", "up"), "t2": ("up", "down")}
+    for i, name in enumerate(("u1", "u2")):
+        while (task := store.next_task("kto", name)) is not None:
+            assert len(task.responses) == 1
+            with pytest.raises(LabelError, match="thumbs task: vote up or down"):
+                store.submit("kto", name, parse_vote(item=task.item, choice="a"))
+            store.submit("kto", name, parse_vote(item=task.item, choice=votes[task.item][i]))
+    records = store.label_records("kto")
+    assert {(r["item"], r["annotator"]): r["choice"] for r in records}[("t1#2", "u1")] == "down"
+    per_label = build_rows(records, ExportOptions(kind="rating")).rows
+    assert sorted((r["id"], r["response"], r["score"]) for r in per_label if r["annotator"] == "u1") == [
+        ("t1#1", "hello", 1.0), ("t1#2", "go away", 0.0), ("t2", "4", 1.0)]
+    majority = {r["id"]: r for r in build_rows(records, ExportOptions(kind="rating", aggregate="majority")).rows}
+    assert majority["t1#1"]["score"] == pytest.approx(1.0) and majority["t1#2"]["score"] == pytest.approx(0.5)
+    assert majority["t1#1"]["agreement"] == pytest.approx(1.0) and majority["t2"]["agreement"] == pytest.approx(0.5)
+    result = build_rows(records, ExportOptions(kind="preference"))
+    assert not result.rows and result.stats["left_out"] == {"thumbs_labels": 6}
+    out = tmp_path / "thumbs.jsonl"
+    export_project(store, "kto", out, ExportOptions(kind="rating"))
+    loaded = load_records(DataConfig(path=str(out), kind="rating", dedup=False), "rating").train
+    assert sorted(r["score"] for r in loaded) == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0]  # align kto: above 0.5 is a thumbs-up
+
+
+def test_aspect_ratings_are_stored_per_response_and_export_as_ratings(tmp_path: Path) -> None:
+    store = LabelStore(f"sqlite:///{tmp_path / 'aspects.db'}")
+    config = ProjectConfig(labels_per_item=1, aspects=["helpfulness", "honesty"], aspect_scale=5)
+    row = ("c:1", parse_candidate({"id": "a1", "prompt": "q", "responses": ["first", "second"]}, "c:1"))
+    store.import_items("asp", [row], config, create=True)
+    store.add_user("u1", "annotator", "u1-password")
+    task = store.next_task("asp", "u1")
+    with pytest.raises(LabelError, match="unknown aspect 'style'"):
+        store.submit("asp", "u1", parse_vote(item="a1", choice="a", aspects={"style": [1, 2]}))
+    with pytest.raises(LabelError, match=r"aspect 'honesty': one rating in 1..5"):
+        store.submit("asp", "u1", parse_vote(item="a1", choice="a", aspects={"honesty": [6, 1]}))
+    # One value per slot, as the app sends them: the third slot is empty; helpfulness of B was not given.
+    store.submit("asp", "u1", parse_vote(item="a1", choice="a",
+                                         aspects={"helpfulness": [5, None, None], "honesty": [4, 2, None]}))
+    [rec] = store.label_records("asp")
+    first_shown = task.order[0]
+    assert rec["aspects"]["honesty"][first_shown] == 4 and rec["aspects"]["honesty"][1 - first_shown] == 2
+    assert rec["aspects"]["helpfulness"][1 - first_shown] is None
+    assert store.own_task("asp", "u1", "a1").label["aspects"]["honesty"] == [4, 2]  # back in shown order
+    honesty = build_rows(store.label_records("asp"), ExportOptions(kind="rating", aspect="honesty")).rows
+    assert sorted((r["response"], r["score"]) for r in honesty) == sorted(
+        [(task.responses[0], 4.0), (task.responses[1], 2.0)])
+    with pytest.raises(LabelError, match="aspect ratings export as kind rating"):
+        ExportOptions(kind="preference", aspect="honesty")

@@ -229,7 +229,7 @@ def test_refusals_are_clear(db_url: str, tmp_path: Path) -> None:
         store.submit("proj", "a", parse_vote(item=task.item, choice="a", scores=[11, 1]))
     with pytest.raises(LabelError, match="exactly one of choice, ranks or skip_reason"):
         parse_vote(item=task.item, choice="a", ranks=[1, 2])
-    with pytest.raises(LabelError, match="choice: Input should be 'a', 'b', 'tie' or 'both_bad'"):
+    with pytest.raises(LabelError, match="choice: Input should be 'a', 'b', 'tie', 'both_bad', 'up' or 'down'"):
         parse_vote(item=task.item, choice="A better")
     assert store.my_labels("proj", "b") == []
 
