@@ -136,6 +136,20 @@ def item_agreement(orderings: Sequence[Sequence[float]]) -> float:
     return sum(shares) / len(shares) if shares else 1.0
 
 
+def labels_agreement(labels: Sequence[Mapping[str, Any]], kind: str = "ranking") -> float:
+    """Agreement of one item's done labels: the share of the most common vote (thumbs, or two responses),
+    else ``item_agreement`` of the ranks, or of the scores for ``kind="rating"`` (NaN without scores)."""
+    if labels[0]["choice"] in ("up", "down"):
+        return max(Counter(rec["choice"] for rec in labels).values()) / len(labels)
+    if kind == "rating":
+        scored = [[-s for s in rec["scores"]] for rec in labels if rec["scores"] and None not in rec["scores"]]
+        return item_agreement(scored) if scored else float("nan")
+    if len(labels[0]["responses"]) == 2:
+        votes = Counter(pair_category(rec["ranks"], rec["choice"]) for rec in labels)
+        return max(votes.values()) / len(labels)
+    return item_agreement([rec["ranks"] for rec in labels if rec["ranks"] is not None])
+
+
 def project_agreement(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Agreement of a project's done labels (``LabelStore.label_records``), by item id.
 

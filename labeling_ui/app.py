@@ -51,11 +51,13 @@ from labeling_ui.logins import LoginGuard, LoginThrottle
 from labeling_ui.browser import CSS, SCORE_MARKS_JS, SCRIPT, key_hint
 from labeling_ui.render import prompt_html, response_html
 from labeling_ui.schemas import PAIR_CHOICES, THUMB_CHOICES, ProjectConfig, ranks_from_order, response_name
-from labeling_ui.store import LabelStore, Task, UserInfo, new_token, parse_vote
+from labeling_ui.quality import annotator_agreement, answer, gold_accuracy, review_queue
+from labeling_ui.store import PACE_WINDOW, LabelStore, Task, UserInfo, new_token, pace, parse_vote
 
 logger = logging.getLogger("labeling_ui")
 
 EXPORT_FORMATS = ("jsonl", "json", "parquet")  # what gr.File can hand over: one file
+DASHBOARD_SECONDS = 5.0  # the admin dashboard refreshes itself this often
 CHOICE_LABELS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad", "up": "Good",
                  "down": "Bad"}
 CHOICE_IDS = {choice: f"{'thumb' if choice in THUMB_CHOICES else 'vote'}-{choice.replace('_', '-')}"
@@ -299,7 +301,7 @@ class Handlers:
         user = self._who(request)
         role = "admin" if user.is_admin else "annotator"
         who = f"Logged in as **{md_text(user.name)}** ({role}) · project **{md_text(self.project)}**"
-        return [*self._current(user), who, gr.update(visible=user.is_admin)]
+        return [*self._current(user), who, gr.update(visible=user.is_admin), gr.Timer(active=user.is_admin)]
 
     def current(self, request: gr.Request) -> list[Any]:
         return self._current(self._who(request))
@@ -330,9 +332,7 @@ class Handlers:
         except ValueError as err:
             raise _error(str(err)) from None
         saved = self._submit(user, item=item, ranks=ranks, flags=flags, scores=scores, aspects=aspects)
-        shown = " > ".join("=".join(response_name(i) for i, r in enumerate(ranks) if r == rank)
-                           for rank in sorted(set(ranks)))
-        return self._current(user, f"Saved ranking of item {md_text(saved['item'])}: {shown}.")
+        return self._current(user, f"Saved ranking of item {md_text(saved['item'])}: {_order_text(ranks)}.")
 
     def _submit(self, user: UserInfo, *, flags: list[str] | None, scores: str, aspects: tuple[Any, ...],
                 **fields: Any) -> dict[str, Any]:
@@ -391,14 +391,69 @@ class Handlers:
             for row in self.store.my_labels(self.project, user.name)
         ]
 
-    def admin_refresh(self, request: gr.Request) -> tuple[list[list[Any]], str]:
+    def admin_refresh(self, request: gr.Request) -> tuple[list[list[Any]], str, list[list[Any]]]:
+        """The lead's dashboard: per annotator (every active one, labels or not), item progress and agreement,
+        and the review queue. A gr.Timer calls it, so it updates without a click."""
         self._admin(request)
-        people = [
-            [p["annotator"], p["done"], p["skipped"], p["flagged"], p["revised"], _when(p["last_activity"])]
-            for p in self.store.annotator_progress(self.project)
-        ]
-        return people, format_summary(self.store.item_counts(self.project), project_agreement(
-            self.store.label_records(self.project)), self.config.labels_per_item)
+        records = self.store.label_records(self.project)
+        return (self._people(records),
+                format_summary(self.store.item_counts(self.project), project_agreement(records),
+                               self.config.labels_per_item),
+                [[row["item"], row["labels"], round(row["agreement"], 3)]
+                 for row in review_queue(records, self.config.review_below)])
+
+    def _people(self, records: list[dict[str, Any]]) -> list[list[Any]]:
+        progress = {p["annotator"]: p for p in self.store.annotator_progress(self.project)}
+        holding = self.store.live_leases(self.project)
+        gold, agree = gold_accuracy(records), annotator_agreement(records)
+        times: dict[str, list[float]] = {}
+        for rec in records:
+            times.setdefault(rec["annotator"], []).append(rec["created_at"])
+        names = sorted({u.name for u in self.store.users() if u.status is None and not u.is_admin} | set(progress))
+        rows = []
+        for name in names:
+            p = progress.get(name, {"done": 0, "skipped": 0, "flagged": 0, "last_activity": 0.0})
+            seconds = pace(sorted(times.get(name, []), reverse=True)[:PACE_WINDOW + 1])
+            n_gold, accuracy = gold.get(name, (0, None))
+            rows.append([name, p["done"], p["skipped"], p["flagged"], holding.get(name, 0),
+                         round(60 / seconds, 1) if seconds else None, n_gold,
+                         None if accuracy is None else round(accuracy, 3),
+                         None if name not in agree else round(agree[name][1], 3), _when(p["last_activity"])])
+        return rows
+
+    def review_item(self, item: str, request: gr.Request) -> str:
+        """One item for a lead: responses in stored order (A, B, ... as the adjudication order reads) and each vote."""
+        self._admin(request)
+        labels = [r for r in self.store.label_records(self.project) if r["item"] == item.strip()]
+        if not labels:
+            raise _error(f"no labels on item '{item.strip()}' in this project")
+        votes = "".join(f"<li>{html.escape(r['annotator'])}: {html.escape(_answer_text(r))}</li>"
+                        for r in labels if r["status"] == "done")
+        texts = "".join(response_html(resp["text"], response_name(i)) for i, resp in enumerate(labels[0]["responses"]))
+        return f"{prompt_html(labels[0]['prompt'])}<ul>{votes}</ul><div class='review'>{texts}</div>"
+
+    def adjudicate(self, item: str, order: str, request: gr.Request) -> str:
+        lead = self._admin(request)
+        final = self._guard(lambda: self.store.adjudicate(self.project, lead.name, item.strip(), order))
+        shown = final if isinstance(final, str) else _order_text(final)
+        return f"Item {md_text(item.strip())} settled by {md_text(lead.name)}: {md_text(shown)}."
+
+    def manage_user(self, action: str, name: str, role: str, password: str, request: gr.Request) -> str:
+        """Add a user, reset a password (which ends their logins), or disable a user: admins only."""
+        admin = self._admin(request)
+        name = (name or "").strip()
+        if action == "disable":
+            if name == admin.name:
+                raise _error("you cannot disable yourself")
+            self._guard(lambda: self.store.disable_user(name))
+            done = "disabled (logged out now)"
+        elif action in ("add", "reset password"):
+            self._guard(lambda: self.store.add_user(name, role, password or "", update=action != "add"))
+            done = "added" if action == "add" else "given a new password (logged out now)"
+        else:
+            raise _error(f"action must be add, reset password or disable, got {action!r}")
+        logger.info("%s: user '%s' %s", admin.name, name, done)
+        return f"User {md_text(name)} {done}."
 
     def admin_export(self, kind: str, ties: str, aggregate: str, min_labels: float, min_agreement: float,
                      fmt: str, request: gr.Request) -> tuple[str, str]:
@@ -409,6 +464,16 @@ class Handlers:
         stats = self._guard(lambda: export_project(self.store, self.project, out, opts, fmt))
         logger.info("%s exported %s", admin.name, stats)
         return str(out), f"Exported {stats['rows']} rows; left out: {stats['left_out'] or 'nothing'}"
+
+
+def _order_text(ranks: list[int]) -> str:
+    """Ranks per response -> ``B > A=C``."""
+    return " > ".join("=".join(response_name(i) for i, r in enumerate(ranks) if r == rank) for rank in sorted(set(ranks)))
+
+
+def _answer_text(record: dict[str, Any]) -> str:
+    found = answer(record)
+    return found if isinstance(found, str) else _order_text(list(found))
 
 
 def _when(timestamp: float) -> str:
@@ -473,10 +538,29 @@ def build_app(store: LabelStore, project: str, exports: ExportFolder) -> gr.Bloc
                 open_id = gr.Textbox(label="Item id", scale=2)
                 open_button = gr.Button("Open to revise")
         with gr.Tab("Admin", visible=False) as admin_tab:
-            people = gr.Dataframe(headers=["annotator", "done", "skipped", "flagged", "revised", "last activity"],
-                                  interactive=False)
-            summary = gr.Markdown()
-            refresh_admin = gr.Button("Refresh progress and agreement")
+            timer = gr.Timer(DASHBOARD_SECONDS, active=False)  # switched on for admins at load
+            people = gr.Dataframe(headers=["annotator", "done", "skipped", "flagged", "holding", "labels/min",
+                                           "gold items", "gold accuracy", "agreement", "last activity"],
+                                  interactive=False, elem_id="people")
+            summary = gr.Markdown(elem_id="summary")
+            refresh_admin = gr.Button("Refresh now")
+            gr.Markdown(f"**Review queue**: items whose agreement is below {cfg.review_below}")
+            queue = gr.Dataframe(headers=["item", "labels", "agreement"], interactive=False, elem_id="review-queue")
+            with gr.Row():
+                review_id = gr.Textbox(label="Item id", scale=2)
+                review_button = gr.Button("Show item")
+                final_order = gr.Textbox(label="Final answer: order best first (BA), or up/down", scale=2)
+                adjudicate_button = gr.Button("Settle item", variant="primary")
+            review_note = gr.Markdown(latex_delimiters=[])
+            review_view = gr.HTML()
+            gr.Markdown("**Users**")
+            with gr.Row():
+                user_action = gr.Radio(["add", "reset password", "disable"], value="add", label="Action")
+                user_name = gr.Textbox(label="User name")
+                user_role = gr.Radio(["annotator", "admin"], value="annotator", label="Role")
+                user_password = gr.Textbox(label="Password", type="password")
+                user_button = gr.Button("Apply")
+            user_note = gr.Markdown(latex_delimiters=[])
             with gr.Row():
                 kind = gr.Radio(["preference", "ranking", "rating"], value="preference", label="Export kind")
                 ties = gr.Radio(["drop", "keep"], value="drop", label="Ties")
@@ -495,7 +579,7 @@ def build_app(store: LabelStore, project: str, exports: ExportFolder) -> gr.Bloc
             outputs += [columns[i], texts[i], rank_boxes[i], sliders[i], *ratings[i]]
         aspect_inputs = [radio for slot in ratings for radio in slot]
 
-        demo.load(h.load, None, [*outputs, who, admin_tab], api_name="load")
+        demo.load(h.load, None, [*outputs, who, admin_tab, timer], api_name="load")
         for choice, button in buttons.items():
             # One handler for every choice button: the button's own label is the choice.
             button.click(h.vote, [item_ref, button, flags, scores_json, *aspect_inputs], outputs,
@@ -520,7 +604,13 @@ def build_app(store: LabelStore, project: str, exports: ExportFolder) -> gr.Bloc
                             f"while (a.length < {i + 1}) a.push(null); a[{i}] = v; return JSON.stringify(a); }}")
             slider.release(h.draft, draft_inputs, None, api_visibility="private", show_progress="hidden")
         scores_json.change(None, scores_json, None, js=SCORE_MARKS_JS, queue=False, api_visibility="private")
-        refresh_admin.click(h.admin_refresh, None, [people, summary], api_name="admin_refresh")
+        refresh_admin.click(h.admin_refresh, None, [people, summary, queue], api_name="admin_refresh")
+        timer.tick(h.admin_refresh, None, [people, summary, queue], api_visibility="private", show_progress="hidden")
+        review_button.click(h.review_item, [review_id], review_view, api_name="review_item")
+        adjudicate_button.click(h.adjudicate, [review_id, final_order], review_note, api_name="adjudicate").then(
+            h.admin_refresh, None, [people, summary, queue], api_visibility="private")
+        user_button.click(h.manage_user, [user_action, user_name, user_role, user_password], user_note,
+                          api_name="manage_user")
         export_button.click(h.admin_export, [kind, ties, aggregate, min_labels, min_agreement, fmt],
                             [export_file, export_note], api_name="admin_export")
     return demo

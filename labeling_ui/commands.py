@@ -79,6 +79,8 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     export.add_argument("--min-labels", type=int, default=1, help="leave out items with fewer labels")
     export.add_argument("--min-agreement", type=float, default=0.0, help="leave out items whose agreement is lower (0-1)")
     export.add_argument("--drop-flagged", action="store_true", help="leave out labels that carry a flag")
+    export.add_argument("--min-gold-accuracy", type=float, default=0.0,
+                        help="leave out the labels of annotators whose accuracy on gold items is lower (0-1)")
     export.add_argument("--aspect", default=None, help="kind rating: export this aspect's ratings instead of scores")
 
     status = sub("status", "progress and agreement of a project (or list projects and users)")
@@ -192,7 +194,8 @@ def _export(args: argparse.Namespace) -> int:
     from labeling_ui.export import ExportOptions, export_project
 
     opts = ExportOptions(kind=args.kind, ties=args.ties, aggregate=args.aggregate, min_labels=args.min_labels,
-                         min_agreement=args.min_agreement, drop_flagged=args.drop_flagged, aspect=args.aspect)
+                         min_agreement=args.min_agreement, drop_flagged=args.drop_flagged, aspect=args.aspect,
+                         min_gold_accuracy=args.min_gold_accuracy)
     stats = export_project(_store(args), args.project, args.out, opts, args.format)
     print(f"wrote {stats['rows']} {args.kind} rows to {stats['out']} "
           f"(from {stats['items_with_labels']} labeled items; left out: {json.dumps(stats['left_out']) if stats['left_out'] else 'nothing'})")

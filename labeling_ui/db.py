@@ -81,6 +81,10 @@ class Item(Base):
     responses: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # [{text, model}]
     meta: Mapped[dict[str, Any]] = mapped_column(JSON)
     source: Mapped[str] = mapped_column(Text)  # file:line it was imported from
+    # The known answer (ranks per stored response, or "up"/"down"): from the candidates file (a gold item, mixed
+    # into annotators' queues at the project's gold_rate) or from a lead's adjudication (``adjudicated_by`` set).
+    gold: Mapped[Any] = mapped_column(JSON(none_as_null=True), nullable=True)
+    adjudicated_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
 
 

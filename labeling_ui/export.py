@@ -17,6 +17,9 @@ Rows carry the canonical columns of their kind plus ``id`` (the item), ``annotat
   for two responses the share of the most common vote) is lower are left out.
 - Thumbs labels (the thumbs task) export as ``rating`` rows, score 1.0 for up and 0.0 for down
   (majority: the share of ups), which ``align kto`` reads as thumbs with its default threshold 0.5.
+- ``min_gold_accuracy``: labels of annotators whose accuracy on gold items
+  (``quality.gold_accuracy``) is lower are left out; annotators who labeled no gold item stay.
+- An item a lead adjudicated exports the lead's answer under ``aggregate="majority"``.
 - ``aspect``: a rating export of one per-aspect rating (1..aspect_scale) instead of the slider score.
 - Preference pairs come from the rankings through the dataset layer's ``ranking_to_preference``:
   margin = rank difference, ties dropped or kept with margin 0 (``ties``). Both-bad votes carry no
@@ -38,8 +41,9 @@ from typing import Any, Literal
 from align.data import ranking_to_preference, response_text, validate_row
 from align.data.readers import DISK_MARKERS
 from align.data.records import FormChecker
-from labeling_ui.agreement import item_agreement, pair_category
+from labeling_ui.agreement import labels_agreement, pair_category
 from labeling_ui.errors import LabelError
+from labeling_ui.quality import gold_accuracy
 from labeling_ui.schemas import dense_ranks
 
 ExportKind = Literal["preference", "ranking", "rating"]
@@ -57,6 +61,7 @@ class ExportOptions:
     min_agreement: float = 0.0
     drop_flagged: bool = False
     aspect: str | None = None
+    min_gold_accuracy: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in EXPORT_KINDS:
@@ -65,6 +70,8 @@ class ExportOptions:
             raise LabelError(f"ties '{self.ties}': expected drop or keep")
         if self.aggregate not in ("none", "majority"):
             raise LabelError(f"aggregate '{self.aggregate}': expected none or majority")
+        if not 0.0 <= self.min_gold_accuracy <= 1.0:
+            raise LabelError(f"min_gold_accuracy={self.min_gold_accuracy}: expected a share between 0 and 1")
         if not 0.0 <= self.min_agreement <= 1.0:
             raise LabelError(f"min_agreement={self.min_agreement}: expected a share between 0 and 1")
         if self.min_labels < 1:
@@ -83,8 +90,13 @@ def build_rows(records: list[dict[str, Any]], opts: ExportOptions) -> ExportResu
     """Rows of ``opts.kind`` from ``LabelStore.label_records`` output, with counts of what was left out."""
     dropped: Counter[str] = Counter()
     by_item: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    accuracy = gold_accuracy(records) if opts.min_gold_accuracy > 0 else {}
+    below = {name for name, (_, share) in accuracy.items() if share < opts.min_gold_accuracy}
     for rec in records:
         if rec["status"] != "done":
+            continue
+        if rec["annotator"] in below:
+            dropped["labels_of_annotators_below_gold_accuracy"] += 1
             continue
         if opts.drop_flagged and rec["flags"]:
             dropped["flagged_labels"] += 1
@@ -100,7 +112,7 @@ def build_rows(records: list[dict[str, Any]], opts: ExportOptions) -> ExportResu
         if len(labels) < opts.min_labels:
             dropped["items_below_min_labels"] += 1
             continue
-        agreement = _agreement(labels, opts.kind)
+        agreement = labels_agreement(labels, opts.kind)
         if opts.min_agreement > 0 and not agreement >= opts.min_agreement:  # NaN (no scores) fails too
             dropped["items_below_min_agreement"] += 1
             continue
@@ -110,18 +122,6 @@ def build_rows(records: list[dict[str, Any]], opts: ExportOptions) -> ExportResu
         rows = _to_pairs(rows, opts, dropped)
     left_out = {reason: count for reason, count in dropped.items() if count}
     return ExportResult(rows, {"items_with_labels": len(by_item), "rows": len(rows), "left_out": left_out})
-
-
-def _agreement(labels: list[dict[str, Any]], kind: str) -> float:
-    if labels[0]["choice"] in THUMBS:
-        return max(Counter(rec["choice"] for rec in labels).values()) / len(labels)
-    if kind == "rating":
-        scored = [[-s for s in rec["scores"]] for rec in labels if rec["scores"] and None not in rec["scores"]]
-        return item_agreement(scored) if scored else float("nan")
-    if len(labels[0]["responses"]) == 2:
-        votes = Counter(pair_category(rec["ranks"], rec["choice"]) for rec in labels)
-        return max(votes.values()) / len(labels)
-    return item_agreement([rec["ranks"] for rec in labels if rec["ranks"] is not None])
 
 
 def _base(rec: dict[str, Any], agreement: float, n_labels: int) -> dict[str, Any]:
@@ -151,6 +151,8 @@ def _ranking_rows(labels: list[dict[str, Any]], opts: ExportOptions, agreement: 
 
 
 def _majority_ranks(labels: list[dict[str, Any]], dropped: Counter) -> list[int] | None:
+    if labels[0].get("adjudicated_by") and isinstance(labels[0]["gold"], list):
+        return list(labels[0]["gold"])  # a lead settled it
     if len(labels[0]["responses"]) == 2:
         votes = Counter(pair_category(rec["ranks"], rec["choice"]) for rec in labels).most_common()
         if len(votes) > 1 and votes[0][1] == votes[1][1]:

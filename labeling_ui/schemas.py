@@ -93,6 +93,14 @@ class ProjectConfig(Section):
         "helpfulness, honesty, harmlessness, instruction_following); none by default."
     )
     aspect_scale: int = Field(5, ge=2, le=10, description="Aspect ratings run from 1 (worst) to this.")
+    review_below: float = Field(
+        0.75, ge=0, le=1, description="Items with 2+ labels whose agreement is lower go to the leads' review queue."
+    )
+    gold_rate: float = Field(
+        0.0, ge=0, le=1, description="Share of an annotator's items drawn from the gold items (rows with a 'gold' "
+        "answer: an order such as 'BA' or ranks [2, 1] in file order, or up/down for thumbs), while any are left "
+        "for them. Every annotator may label every gold item, whatever K is."
+    )
 
     @field_validator("aspects")
     @classmethod
@@ -374,6 +382,25 @@ def ranks_from_order(order: str, n: int) -> list[int]:
                          "best first")
     rank_of = {name: rank for rank, group in enumerate(groups, 1) for name in group}
     return [rank_of[name] for name in names]
+
+
+def gold_answer(value: Any, n_responses: int, task: str, where: str) -> list[int] | str:
+    """A candidates row's ``gold``: ranks per response in file order (from ``[2, 1]`` or an order ``"BA"``),
+    or ``"up"``/``"down"`` for the thumbs task; DataError naming the field otherwise."""
+    if task == "thumbs":
+        if value not in THUMB_CHOICES:
+            raise DataError(where, f"a thumbs task's gold answer is 'up' or 'down', got {describe(value)}", "gold")
+        return value
+    try:
+        if isinstance(value, str):
+            return ranks_from_order(value, n_responses)
+        if (isinstance(value, list) and len(value) == n_responses
+                and all(isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= n_responses for r in value)):
+            return list(value)
+    except ValueError as err:
+        raise DataError(where, str(err), "gold") from None
+    raise DataError(where, f"expected an order such as 'BA' or {n_responses} ranks in 1..{n_responses}, "
+                    f"got {describe(value)}", "gold")
 
 
 def dense_ranks(values: list[float]) -> list[int]:

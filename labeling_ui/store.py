@@ -68,6 +68,7 @@ from labeling_ui.schemas import (
     PromptForms,
     Vote,
     check_project_name,
+    gold_answer,
     labelable_responses,
     text_problem,
 )
@@ -320,9 +321,15 @@ class LabelStore:
                     report.skipped.append(f"{where}: id '{key}': {why}; nothing to {'judge' if cfg.task == 'thumbs' else 'compare'}")
                     continue
                 forms.check_prompt(row["prompt"], where)
+                meta = {k: v for k, v in row["meta"].items() if k != "gold"}
+                gold = None
+                if "gold" in row["meta"]:
+                    if n_empty or n_merged:  # the answer's positions would no longer match the responses
+                        raise DataError(where, "a gold item's responses must be distinct and non-empty", "gold")
+                    gold = gold_answer(row["meta"]["gold"], len(responses), cfg.task, where)
                 session.add(
-                    Item(project_id=proj.id, key=key, prompt=row["prompt"], responses=responses, meta=row["meta"],
-                         source=where, created_at=now)
+                    Item(project_id=proj.id, key=key, prompt=row["prompt"], responses=responses, meta=meta,
+                         source=where, created_at=now, gold=gold)
                 )
                 report.added += 1
             if not existing and not report.added:
@@ -455,7 +462,7 @@ class LabelStore:
                     lease.expires_at = now + cfg.lease_seconds
                     return self._task(session, proj, lease.item_id, lease.order, draft=lease.draft, expires=lease.expires_at)
                 session.delete(lease)
-            item_id = session.scalars(self._available(proj.id, person.id, cfg, now).limit(1)).first()
+            item_id = self._pick(session, proj, person, cfg, now)
             if item_id is None:
                 return None
             item = session.get(Item, item_id)
@@ -478,13 +485,30 @@ class LabelStore:
         )
         return done + leased
 
+    def _pick(self, session: Session, proj: Project, person: User, cfg: ProjectConfig, now: float) -> int | None:
+        """The next item for ``person``: a gold item at the project's gold rate (while one is left for them), else
+        an item still short of K; None when no ordinary item is left (gold items alone never keep anyone busy)."""
+        ordinary = session.scalars(self._available(proj.id, person.id, cfg, now).limit(1)).first()
+        if ordinary is None or cfg.gold_rate <= 0:
+            return ordinary
+        given = session.scalar(select(func.count(Label.id)).where(Label.project_id == proj.id,
+                                                                  Label.user_id == person.id))
+        draw = random.Random(f"{proj.name}\0{person.name}\0{given}").random()  # the same after a restart
+        if draw >= cfg.gold_rate:
+            return ordinary
+        mine = exists().where(Label.item_id == Item.id, Label.user_id == person.id)
+        gold = session.scalars(select(Item.id).where(Item.project_id == proj.id, ~mine, Item.gold.is_not(None),
+                                                     Item.adjudicated_by.is_(None)).order_by(Item.id).limit(1)).first()
+        return gold if gold is not None else ordinary
+
     def _available(self, project_id: int, user_id: int, cfg: ProjectConfig, now: float):
         load = self._load(Item.id, user_id, now)
         mine = exists().where(Label.item_id == Item.id, Label.user_id == user_id)
+        served_gold = and_(Item.gold.is_not(None), Item.adjudicated_by.is_(None))  # handed out by _pick only
         # Items already under way first, so finished items (K labels) accumulate steadily.
         return (
             select(Item.id)
-            .where(Item.project_id == project_id, ~mine, load < cfg.labels_per_item)
+            .where(Item.project_id == project_id, ~mine, ~served_gold, load < cfg.labels_per_item)
             .order_by(load.desc(), Item.id)
         )
 
@@ -695,6 +719,20 @@ class LabelStore:
 
         return self._transact(work, write=False)
 
+    def live_leases(self, project: str) -> dict[str, int]:
+        """Annotator -> items they hold now (unexpired leases): who is at work."""
+
+        def work(session: Session) -> dict[str, int]:
+            proj = self._project(session, project)
+            rows = session.execute(
+                select(User.name, func.count(Lease.id)).join(Lease, Lease.user_id == User.id)
+                .join(Item, Item.id == Lease.item_id)
+                .where(Item.project_id == proj.id, Lease.expires_at > time.time()).group_by(User.name)
+            ).all()
+            return dict(rows)
+
+        return self._transact(work, write=False)
+
     def item_counts(self, project: str) -> dict[str, int]:
         """Items by number of done labels vs K: ``complete`` (>= K), ``started``, ``untouched``, ``total``."""
 
@@ -732,6 +770,8 @@ class LabelStore:
             return [
                 {
                     "item": item.key, "prompt": item.prompt, "responses": item.responses, "meta": item.meta,
+                    "gold": item.gold, "gold_item": item.gold is not None and item.adjudicated_by is None,
+                    "adjudicated_by": item.adjudicated_by,
                     "annotator": name, "status": label.status, "choice": label.choice, "ranks": label.ranks,
                     "scores": label.scores, "aspects": label.aspects, "order": label.order, "flags": list(label.flags),
                     "skip_reason": label.skip_reason, "revision": label.revision,
@@ -741,6 +781,30 @@ class LabelStore:
             ]
 
         return self._transact(work, write=False)
+
+    def adjudicate(self, project: str, lead: str, item: str, order: str) -> list[int] | str:
+        """A lead's final answer on ``item``, in stored order: ranks from an order (``"BA"``) or up/down.
+
+        It takes the item off the review queue and wins over the annotators' majority in exports.
+        Admins only.
+        """
+
+        def work(session: Session) -> list[int] | str:
+            proj = self._project(session, project)
+            cfg = ProjectConfig.model_validate(proj.config)
+            person = self._user(session, lead)
+            if person.role != "admin":
+                raise NotAllowed(f"adjudication is for admins: '{lead}' is an {person.role}")
+            target = self._item(session, proj, item)
+            try:
+                target.gold = gold_answer(order.strip().lower() if cfg.task == "thumbs" else order,
+                                          len(target.responses), cfg.task, f"item {item}")
+            except DataError as err:
+                raise LabelError(str(err)) from None
+            target.adjudicated_by = person.name
+            return target.gold
+
+        return self._transact(work)
 
     def count_labels(self, project: str) -> dict[str, int]:
         """Rows and distinct (item, annotator) keys in ``labels``: equal unless something duplicated."""
@@ -774,7 +838,12 @@ def split_for_thumbs(rows: list[tuple[str, dict[str, Any]]]) -> Iterator[tuple[s
             key = f"{row['key']}#{j}"
             if problem := text_problem(key, MAX_ITEM_ID):
                 raise DataError(where, f"id '{key[:80]}' of response {j}: {problem}", "id")
-            yield where, {**row, "key": key, "responses": [response]}
+            meta = dict(row["meta"])
+            if isinstance(meta.get("gold"), list):  # thumbs gold per response: ["up", "down", ...]
+                answers = meta.pop("gold")
+                if j <= len(answers):
+                    meta["gold"] = answers[j - 1]
+            yield where, {**row, "key": key, "responses": [response], "meta": meta}
 
 
 def parse_vote(**fields: Any) -> Vote:

@@ -176,8 +176,8 @@ def test_admin_sees_progress_and_exports(app: dict, tmp_path: Path) -> None:
     from align.data import load_records
 
     admin = login(app, "boss")
-    people, summary = admin.predict(api_name="/admin_refresh")
-    assert {row[0] for row in people["data"]} >= {"ann1", "ann2", "ann3"}
+    people, summary, _queue = admin.predict(api_name="/admin_refresh")
+    assert {row[0] for row in people["data"]} >= {"ann1", "ann2", "ann3", "ann4", "browser"}  # labels or not
     assert "Krippendorff's alpha" in summary and "of 12" in summary
     file, note = admin.predict("ranking", "keep", "none", 1, 0, "jsonl", api_name="/admin_export")
     assert "Exported" in note
@@ -552,5 +552,123 @@ def test_browser_renders_markdown_safely_and_ranks_by_keyboard(md_app: dict) -> 
             assert scores[0] == pytest.approx(4.1) and scores[1:] == [None, None]  # midpoint 4 plus one step
             assert page.locator("#rank-order textarea, #rank-order input").first.input_value() == ""
             assert page.title() != "pwned"
+        finally:
+            browser.close()
+
+
+# --------------------------------------------------------------------------- quality control, lead dashboard (issue 16)
+
+
+@pytest.fixture(scope="module")
+def qc_app(tmp_path_factory: pytest.TempPathFactory):
+    """Two gold items (answer A) served first (gold_rate 1), four ordinary ones; K=2, no shuffling."""
+    import labeling_ui.app as app_module
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('qc') / 'labels.db'}"
+    store = LabelStore(url)
+    rows = [(f"g:{i}", parse_candidate({"id": f"g{i}", "prompt": f"gold {i}", "responses": [f"good {i}", f"bad {i}"],
+                                        "gold": "AB"}, f"g:{i}")) for i in range(2)]
+    rows += [(f"o:{i}", parse_candidate({"id": f"o{i}", "prompt": f"q {i}", "responses": [f"x {i}", f"y {i}"]},
+                                        f"o:{i}")) for i in range(4)]
+    store.import_items("qc", rows, ProjectConfig(labels_per_item=2, shuffle=False, gold_rate=1.0), create=True)
+    for name in ("careful", "sloppy", "idle"):
+        store.add_user(name, "annotator", f"{name}-password")
+    store.add_user("lead", "admin", "lead-password")
+    original = app_module.DASHBOARD_SECONDS
+    app_module.DASHBOARD_SECONDS = 1.0
+    demo = serve(url, "qc", port=free_port(), block=False, quiet=True)
+    app_module.DASHBOARD_SECONDS = original
+    yield {"url": demo.local_url, "store": store}
+    demo.close()
+
+
+def _vote_all(client: Client, choice: str) -> list[str]:
+    result, items = client.predict(api_name="/load"), []
+    while result[ITEM]:
+        items.append(result[ITEM])
+        result = client.predict(result[ITEM], choice, [], "null", api_name="/vote")
+    return items
+
+
+def test_gold_accuracy_review_queue_and_adjudication(qc_app: dict) -> None:
+    careful_items = _vote_all(login(qc_app, "careful"), "a")
+    assert careful_items[:2] == ["g0", "g1"] and len(careful_items) == 6  # gold first at rate 1, then the rest
+    assert _vote_all(login(qc_app, "sloppy"), "b")[:2] == ["g0", "g1"]
+    lead = login(qc_app, "lead")
+    people, _summary, queue = lead.predict(api_name="/admin_refresh")
+    rows = {row[0]: row for row in people["data"]}
+    assert set(rows) == {"careful", "sloppy", "idle"}
+    assert rows["careful"][6:9] == [2, 1.0, 0.0] and rows["sloppy"][6:9] == [2, 0.0, 0.0]
+    assert rows["idle"][1] == 0 and rows["idle"][7] is None
+    assert [row[0] for row in queue["data"]] == ["o0", "o1", "o2", "o3"]  # every shared item split 1-1; gold is not queued
+    assert all(row[2] == pytest.approx(0.5) for row in queue["data"])
+    shown = lead.predict("o2", api_name="/review_item")
+    assert "careful: A &gt; B" in shown and "sloppy: B &gt; A" in shown
+    with pytest.raises(AppError, match="unknown: C"):
+        lead.predict("o2", "CA", api_name="/adjudicate")
+    assert_plain(lead.predict("o2", "BA", api_name="/adjudicate"), "Item o2 settled by lead: B > A.")
+    _people, _summary, queue = lead.predict(api_name="/admin_refresh")
+    assert "o2" not in [row[0] for row in queue["data"]]
+    with pytest.raises(AppError, match="admin only"):
+        login(qc_app, "careful").predict("o1", "AB", api_name="/adjudicate")
+    from labeling_ui.export import ExportOptions, build_rows
+
+    records = qc_app["store"].label_records("qc")
+    majority = {r["id"]: r for r in build_rows(records, ExportOptions(kind="preference", aggregate="majority")).rows}
+    assert majority["o2"]["chosen"] == "y 2"  # the lead's answer; o0 (a 1-1 split) has no majority
+    assert "o0" not in majority
+    trusted = build_rows(records, ExportOptions(kind="preference", min_gold_accuracy=0.5))
+    assert {r["annotator"] for r in trusted.rows} == {"careful"}
+    assert trusted.stats["left_out"]["labels_of_annotators_below_gold_accuracy"] == 6
+
+
+def test_leads_manage_users_from_the_app(qc_app: dict) -> None:
+    lead = login(qc_app, "lead")
+    assert "added" in lead.predict("add", "newbie", "annotator", "newbie-password", api_name="/manage_user")
+    newbie = login(qc_app, "newbie")
+    assert newbie.predict(api_name="/load")[PROGRESS]
+    with pytest.raises(AppError, match="admin only: 'newbie' is an annotator"):
+        newbie.predict("add", "sneaky", "admin", "sneaky-password", api_name="/manage_user")
+    with pytest.raises(AppError, match="exists"):
+        lead.predict("add", "newbie", "annotator", "another-password", api_name="/manage_user")
+    assert "new password" in lead.predict("reset password", "newbie", "annotator", "fresh-password-1",
+                                          api_name="/manage_user")
+    with pytest.raises(httpx.HTTPStatusError, match="401 Unauthorized"):  # the old login ended
+        newbie.predict(api_name="/load")
+    assert "disabled" in lead.predict("disable", "newbie", "annotator", "", api_name="/manage_user")
+    with pytest.raises(Exception, match="Could not login"):
+        Client(qc_app["url"], auth=("newbie", "fresh-password-1"), verbose=False)
+    with pytest.raises(AppError, match="cannot disable yourself"):
+        lead.predict("disable", "lead", "admin", "", api_name="/manage_user")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)")
+def test_browser_dashboard_updates_without_a_click(qc_app: dict) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    store = qc_app["store"]
+    store.add_user("late", "annotator", "late-password")
+    fresh = parse_candidate({"id": "fresh", "prompt": "new", "responses": ["p", "q"]}, "f:1")
+    store.import_items("qc", [("f:1", fresh)])  # work for "late" whatever the other tests labeled
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(30_000)
+            page.goto(qc_app["url"])
+            page.get_by_label("username").fill("lead")
+            page.get_by_label("password").fill("lead-password")
+            page.get_by_role("button", name="Login").click()
+            page.get_by_role("tab", name="Admin").click()
+            # Cells after the name, as the table shows them: done, skipped, flagged, holding, ...
+            cells = ("(n) => { const lines = document.querySelector('#people').innerText.split('\\n')"
+                     ".map((l) => l.trim()).filter(Boolean); const at = lines.indexOf('late');"
+                     " return at >= 0 ? lines.slice(at + 1, at + 1 + n) : null; }")
+            page.wait_for_function(f"({cells})(4)?.join() === '0,0,0,0'")  # listed before any label
+            task = store.next_task("qc", "late")
+            page.wait_for_function(f"({cells})(4)?.[3] === '1'")  # holding one item, no click
+            from labeling_ui.store import parse_vote
+
+            store.submit("qc", "late", parse_vote(item=task.item, choice="a"))
+            page.wait_for_function(f"({cells})(4)?.join() === '1,0,0,0'")
         finally:
             browser.close()

@@ -212,3 +212,25 @@ def test_aspect_ratings_are_stored_per_response_and_export_as_ratings(tmp_path: 
         [(task.responses[0], 4.0), (task.responses[1], 2.0)])
     with pytest.raises(LabelError, match="aspect ratings export as kind rating"):
         ExportOptions(kind="preference", aspect="honesty")
+
+
+def test_gold_items_come_at_the_configured_rate_and_bad_answers_are_refused(tmp_path: Path) -> None:
+    from align.data import DataError
+
+    store = LabelStore(f"sqlite:///{tmp_path / 'gold.db'}")
+    rows = [(f"c:{i}", parse_candidate({"id": f"o{i}", "prompt": f"q{i}", "responses": ["x", "y"]}, f"c:{i}"))
+            for i in range(60)]
+    rows += [(f"g:{i}", parse_candidate({"id": f"g{i}", "prompt": f"g{i}", "responses": ["x", "y"], "gold": [2, 1]},
+                                        f"g:{i}")) for i in range(30)]
+    store.import_items("gold", rows, ProjectConfig(labels_per_item=1, gold_rate=0.25), create=True)
+    store.add_user("u1", "annotator", "u1-password")
+    served = []
+    while (task := store.next_task("gold", "u1")) is not None:
+        served.append(task.item)
+        store.submit("gold", "u1", parse_vote(item=task.item, choice="a"))
+    n_gold = sum(item.startswith("g") for item in served)
+    assert len(served) - n_gold == 60  # every ordinary item; the queue ends with them
+    assert 0.12 <= n_gold / len(served) <= 0.38  # 0.25 expected; seeded draws, so the same on every run
+    bad = ("b:1", parse_candidate({"id": "b", "prompt": "q", "responses": ["x", "y"], "gold": "AC"}, "b:1"))
+    with pytest.raises(DataError, match=r"b:1: field 'gold': order 'AC' \(unknown: C; missing: B\)"):
+        store.import_items("gold", [bad])
