@@ -177,6 +177,45 @@ class TrainingConfig(Section):
         return self
 
 
+class PerturbationSettings(Section):
+    """An L2 perturbation of each sequence's input embeddings along the loss gradient (``align.ops.adversarial``)."""
+
+    method: Literal["fgm", "pgd"] = Field(
+        "fgm", description="'fgm': one step of size epsilon along the gradient (https://arxiv.org/abs/1605.07725); "
+        "'pgd': `steps` steps of size alpha, each projected back into the epsilon ball (https://arxiv.org/abs/1706.06083)."
+    )
+    epsilon: float = Field(
+        1.0, gt=0, description="L2 radius of a sequence's perturbation over all its token embeddings, in the units of "
+        "the embedding layer's output (a sequence of T tokens has an embedding norm of about sqrt(T) x a token's).",
+    )
+    steps: int = Field(3, ge=1, description="pgd: ascent steps.")
+    alpha: float | None = Field(None, gt=0, description="pgd: step size; default 2 x epsilon / steps.")
+
+    @property
+    def step_size(self) -> float:
+        return self.alpha if self.alpha is not None else 2 * self.epsilon / self.steps
+
+    @model_validator(mode="after")
+    def _pgd_only(self) -> "PerturbationSettings":
+        given = sorted({"alpha", "steps"} & self.model_fields_set)
+        if self.method == "fgm" and given:
+            raise ValueError(f"{given[0]} applies to method 'pgd', not method 'fgm'; remove it or set method: pgd")
+        return self
+
+
+class AdversarialSettings(PerturbationSettings):
+    weight: float = Field(1.0, ge=0, description="Weight of the loss on perturbed embeddings, added to the clean loss.")
+
+
+class AdversarialTrainingConfig(TrainingConfig):
+    """``training`` of the stages that can also train on adversarially perturbed input embeddings (sft, reward)."""
+
+    adversarial: AdversarialSettings | None = Field(
+        None, description="Embedding-space adversarial training: loss = clean loss + weight x loss at the "
+        "perturbation; null: off.",
+    )
+
+
 # --------------------------------------------------------------------------- stages
 
 
@@ -197,7 +236,7 @@ class SFTRecipe(StageRecipe):
     stage: Literal["sft"] = "sft"
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig
-    training: TrainingConfig = Field(default_factory=lambda: TrainingConfig(output_dir="runs/sft"))
+    training: AdversarialTrainingConfig = Field(default_factory=lambda: AdversarialTrainingConfig(output_dir="runs/sft"))
     sft: SFTOptions = Field(default_factory=SFTOptions)
 
 
@@ -253,6 +292,10 @@ class RewardOptions(Section):
     )
     clip: float | None = Field(None, gt=0, description="Clamp normalised scores to [-clip, clip].")
     reliability_bins: int = Field(10, ge=2, description="Bins of the reliability curve (reliability.png).")
+    perturbed_eval: PerturbationSettings | None = Field(
+        None, description="The perturbation of accuracy_perturbed in the final evaluation: each pair's embeddings "
+        "pushed to flip its order; default: training.adversarial's (none: not measured).",
+    )
 
 
 REWARD_METHODS = ("full", "lora", "partial", "feature_extraction")
@@ -272,7 +315,9 @@ class RewardRecipe(StageRecipe):
         )
     )
     data: list[DataConfig] = Field(..., min_length=1)
-    training: TrainingConfig = Field(default_factory=lambda: TrainingConfig(output_dir="runs/reward"))
+    training: AdversarialTrainingConfig = Field(
+        default_factory=lambda: AdversarialTrainingConfig(output_dir="runs/reward")
+    )
     reward: RewardOptions = Field(default_factory=RewardOptions)
 
     @model_validator(mode="before")
@@ -282,11 +327,20 @@ class RewardRecipe(StageRecipe):
             values = {**values, "data": [values["data"]]}
         return values
 
+    @property
+    def perturbation(self) -> PerturbationSettings | None:
+        """The perturbation of the final evaluation's accuracy_perturbed, if any."""
+        return self.reward.perturbed_eval or self.training.adversarial
+
     @model_validator(mode="after")
     def _supported(self) -> "RewardRecipe":
         if self.model.method not in REWARD_METHODS:
             raise ValueError(f"model.method='{self.model.method}' is not supported by the reward stage; use one of "
                              f"{', '.join(REWARD_METHODS)}")
+        if self.model.method == "feature_extraction" and self.perturbation is not None:
+            key = "training.adversarial" if self.training.adversarial is not None else "reward.perturbed_eval"
+            raise ValueError(f"{key} perturbs the encoder's input, but model.method='feature_extraction' caches its "
+                             "output; use model.method: partial with partial.trainable_top_k: 0 for a frozen encoder")
         for i, source in enumerate(self.data):
             if source.kind not in (None, "preference", "ranking", "rating"):
                 raise ValueError(

@@ -131,6 +131,10 @@ class RewardModel(nn.Module):
                 self._features[keys[i]] = features
         return torch.stack([self._features[key] for key in keys])  # (B, H)
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The encoder's token embedding layer (what embedding-space adversarial training perturbs)."""
+        return self.encoder.get_input_embeddings()
+
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         """Delegate to the encoder (HF Trainer calls this when ``gradient_checkpointing`` is on)."""
         self.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)

@@ -20,6 +20,8 @@ import torch
 from torch.utils.data import Dataset
 from transformers import Trainer
 
+from align.adversarial import AdversarialTraining, EmbeddingPerturbation, adversarial_delta
+from align.config import PerturbationSettings
 from reward_models.metrics import evaluate_units, plot_reliability, score_units
 from reward_models.objective import MODEL_INPUTS, LossSpec, collate_layout, total_loss
 from reward_models.scorer import RewardScorer
@@ -40,8 +42,11 @@ class UnitDataset(Dataset):
         return self.units[index]
 
 
-class RewardTrainer(Trainer):
+class RewardTrainer(AdversarialTraining, Trainer):
     """Trains a ``RewardModel`` on mixed units; ``evaluate`` reports reward metrics and the eval loss.
+
+    ``adversarial`` (``align.adversarial``): the loss also counts the batch with perturbed input
+    embeddings; ``train/loss`` is then the sum, ``train/loss_<kind>`` the clean terms.
 
     ``compute_loss`` returns the mean loss of one micro-batch; the Trainer divides it by the
     gradient-accumulation steps (``loss_is_scaled_for_ga = False``). Metrics come out as
@@ -67,8 +72,17 @@ class RewardTrainer(Trainer):
         self._counts: dict[str, int] = defaultdict(int)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001 - HF signature
-        scores = model(**{k: inputs[k] for k in MODEL_INPUTS if k in inputs})  # (N,)
-        loss, parts = total_loss(scores, inputs, self.loss_spec)
+        model_inputs = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
+
+        def clean() -> tuple[torch.Tensor, tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+            scores = model(**model_inputs)  # (N,)
+            loss, parts = total_loss(scores, inputs, self.loss_spec)
+            return loss, (scores, parts)
+
+        def perturbed() -> torch.Tensor:
+            return total_loss(model(**model_inputs), inputs, self.loss_spec)[0]
+
+        loss, (scores, parts) = self.with_adversarial_loss(model, clean, perturbed)
         if model.training:
             self._track(scores.detach(), inputs, parts)
         return (loss, {"scores": scores}) if return_outputs else loss
@@ -81,7 +95,7 @@ class RewardTrainer(Trainer):
         pairs = inputs["pair_index"]
         if pairs.numel():
             d = scores[pairs[:, 0]] - scores[pairs[:, 1]]
-            self._sums["accuracy"] = self._sums.get("accuracy", 0.0) + ((d > 0).float() + 0.5 * (d == 0).float()).sum()
+            self._sums["accuracy"] = self._sums.get("accuracy", 0.0) + pair_wins(d)
             self._counts["accuracy"] += pairs.shape[0]
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -121,8 +135,49 @@ class RewardTrainer(Trainer):
         metrics["loss"] = float(total_loss(flat, layout, self.loss_spec)[0])
         return metrics, bins
 
+    def perturbed_accuracy(self, units: Sequence[dict[str, Any]], settings: PerturbationSettings) -> float | None:
+        """Pair accuracy of the preference ``units`` after each pair's input embeddings are perturbed against it.
+
+        Each response's embeddings move by ``settings`` (FGM or PGD, L2 radius epsilon per response)
+        to lower its pair's ``r_chosen - r_rejected``; any loss that falls as that gap grows (the pair
+        loss) gives the same normalised direction. Raw scores, dropout off, equal scores count 1/2
+        as in ``accuracy``. None when ``units`` holds no preference pair.
+        """
+        pairs = [unit for unit in units if unit["kind"] == "preference"]
+        if not pairs:
+            return None
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        size = self.args.per_device_eval_batch_size
+        right = 0.0
+        try:
+            for start in range(0, len(pairs), size):
+                batch = {k: v.to(self.args.device) for k, v in self.data_collator(pairs[start : start + size]).items()}
+                inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+                index = batch["pair_index"]  # (P, 2) rows of chosen, rejected
+
+                def flip_loss() -> torch.Tensor:
+                    scores = model(**inputs)  # (2P,)
+                    return (scores[index[:, 1]] - scores[index[:, 0]]).sum()
+
+                with EmbeddingPerturbation(model.get_input_embeddings()) as perturbation:
+                    perturbation.delta = adversarial_delta(perturbation, flip_loss(), flip_loss, settings)
+                    with torch.no_grad():
+                        scores = model(**inputs)
+                d = scores[index[:, 0]] - scores[index[:, 1]]  # (P,)
+                right += float(pair_wins(d))
+        finally:
+            model.train(was_training)
+        return right / len(pairs)
+
     @staticmethod
     def save_reliability(bins: list[dict[str, float]], directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "reliability.json").write_text(json.dumps(bins, indent=2) + "\n")
         plot_reliability(bins, directory / "reliability.png")
+
+
+def pair_wins(d: torch.Tensor) -> torch.Tensor:
+    """Pairs ordered right among score gaps ``d = r_chosen - r_rejected`` (P,): 1 each if d > 0, 1/2 if d == 0."""
+    return ((d > 0).float() + 0.5 * (d == 0).float()).sum()

@@ -3,5 +3,6 @@
 - ``logprobs``: per-token log-probs, entropy, KL of responses (PPO, DPO's check, eval);
 - ``stats``: masked means and whitening, explained variance, win rate, a falling-trend check;
 - ``ppo``: KL estimators, per-token rewards, GAE, clipped policy/value losses, adaptive KL;
-- ``dpo``: the DPO loss table.
+- ``dpo``: the DPO loss table;
+- ``adversarial``: FGM/PGD perturbations of input embeddings (normalised step, L2-ball projection).
 """

@@ -21,7 +21,7 @@ import torch
 from peft import LoraConfig, TaskType, get_peft_model
 from transformers import TrainingArguments
 
-from align.config import DataConfig, RewardRecipe
+from align.config import DataConfig, PerturbationSettings, RewardRecipe
 from align.data import DataError, load_records
 from align.models import resolve_model_source, set_partial_trainable, torch_dtype
 from align.recipe import RecipeError
@@ -75,6 +75,7 @@ def run(recipe: RewardRecipe) -> StageResult:
         loss_spec=spec,
         plot_dir=out,
         reliability_bins=options.reliability_bins,
+        adversarial=recipe.training.adversarial,
     )
     # The final evaluation below is the reward model's own (accuracy, correlations, reliability).
     metrics: dict[str, Any] = train_with_resume(trainer, recipe.training, evaluate=False)
@@ -85,7 +86,7 @@ def run(recipe: RewardRecipe) -> StageResult:
     else:
         model.reward_config.clip = options.clip
     metrics.update({"reward/norm_mean": model.reward_config.mean, "reward/norm_std": model.reward_config.std})
-    metrics.update(final_evaluation(trainer, train_units, eval_units, out, recipe.training.seed))
+    metrics.update(final_evaluation(trainer, train_units, eval_units, out, recipe.training.seed, recipe.perturbation))
 
     if trainer.is_world_process_zero():
         model.save_pretrained(out)
@@ -198,8 +199,23 @@ def _responses(unit: dict[str, Any]) -> list[Any]:
     }[unit["kind"]](unit)
 
 
-def final_evaluation(trainer, train_units, eval_units, out: Path, seed: int) -> dict[str, float]:  # noqa: ANN001
-    """Eval metrics (``eval/...``) and reliability.png; on a training sample (``train/...``) without eval data."""
+def final_evaluation(trainer, train_units, eval_units, out: Path, seed: int,  # noqa: ANN001
+                     perturbation: PerturbationSettings | None = None) -> dict[str, float]:
+    """Eval metrics (``eval/...``) and reliability.png; on a training sample (``train/...``) without eval data.
+
+    With ``perturbation``, also ``accuracy_perturbed``: pair accuracy after each pair's input embeddings
+    are pushed to flip it (``RewardTrainer.perturbed_accuracy``).
+    """
+    metrics = _final_metrics(trainer, train_units, eval_units, out, seed)
+    if perturbation is not None:
+        prefix = "eval" if eval_units else "train"
+        accuracy = trainer.perturbed_accuracy(eval_units or _sample(train_units, FINAL_EVAL_MAX_UNITS, seed), perturbation)
+        if accuracy is not None:
+            metrics[f"{prefix}/accuracy_perturbed"] = accuracy
+    return metrics
+
+
+def _final_metrics(trainer, train_units, eval_units, out: Path, seed: int) -> dict[str, float]:  # noqa: ANN001
     if eval_units:
         # The trainer may just have evaluated at this very step (eval_steps divides max_steps):
         # reuse that rather than score the eval set twice. Scores there are raw, as here.

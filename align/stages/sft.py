@@ -10,10 +10,13 @@ or the peft soft-prompt adapter (prompt tuning, which cannot be merged).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from datasets import Dataset
+from transformers import Trainer
 from trl import SFTConfig, SFTTrainer
 
+from align.adversarial import AdversarialTraining
 from align.config import SFTRecipe
 from align.data import chat_to_prompt_completion, load_records, rows_to_dataset
 from align.models import load_policy, partial_callbacks
@@ -45,17 +48,38 @@ def run(recipe: SFTRecipe) -> StageResult:
         assistant_only_loss=assistant_only,
         dataset_num_proc=None,
     )
-    trainer = SFTTrainer(
+    trainer = AdversarialSFTTrainer(
         model=model,
         args=args,
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=tokenizer,
         callbacks=trainer_callbacks(recipe.training, out) + partial_callbacks(recipe.model),
+        adversarial=recipe.training.adversarial,
     )
     metrics = train_with_resume(trainer, recipe.training)
     save_final_model(trainer, recipe.model, out)
     return finish_stage(out, recipe, metrics, card_title=f"SFT of {recipe.model.name_or_path}")
+
+
+class AdversarialSFTTrainer(AdversarialTraining, SFTTrainer):
+    """TRL's SFTTrainer with ``training.adversarial`` (``align.adversarial``).
+
+    The perturbed pass takes the model's own loss (the same token NLL), so TRL's token-accuracy and
+    entropy metrics count the clean pass only.
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001 - HF signature
+        if return_outputs:  # evaluation asking for logits
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+        def clean() -> tuple[Any, None]:
+            return super(AdversarialSFTTrainer, self).compute_loss(model, inputs, num_items_in_batch=num_items_in_batch), None
+
+        def perturbed() -> Any:
+            return Trainer.compute_loss(self, model, inputs, num_items_in_batch=num_items_in_batch)
+
+        return self.with_adversarial_loss(model, clean, perturbed)[0]
 
 
 def _marks_assistant_turns(tokenizer, dataset) -> bool:  # noqa: ANN001
