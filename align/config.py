@@ -897,3 +897,90 @@ class OnlineDPORecipe(StageRecipe):
         if self.training.max_steps == -1:
             raise ValueError("training.max_steps=-1: online_dpo trains max_steps steps per round; give a count")
         return self
+
+
+# --------------------------------------------------------------------------- data augmentation
+
+AugmentField = Literal["prompt", "completion", "chosen", "rejected"]
+AUGMENT_FIELDS: dict[str, tuple[AugmentField, ...]] = {
+    "sft": ("prompt", "completion"), "preference": ("prompt", "chosen", "rejected"),
+}
+WORD_EDITS = ("word_dropout", "word_swap", "synonym")
+
+
+class AugmentMethod(Section):
+    kind: Literal["word_dropout", "word_swap", "synonym", "paraphrase", "back_translation"] = Field(
+        ..., description="word_dropout: drop words; word_swap: swap neighbouring words; synonym: replace words from a "
+        "table; paraphrase / back_translation: rewrites sampled from `model`."
+    )
+    copies: int = Field(1, gt=0, description="Augmented rows made per source row, each with its own random draws.")
+    fields: list[AugmentField] | None = Field(
+        None, description="Text fields rewritten (in chats: user turns for prompt, assistant turns for the others); "
+        "default: prompt for sft rows (a noisy completion would be learned), prompt, chosen and rejected for "
+        "preference rows.",
+    )
+    probability: float = Field(0.1, gt=0, le=1, description="Word edits: the chance that each word is edited.")
+    synonyms: str | None = Field(
+        None, description="synonym: a JSON file {word: [synonyms, ...]} used instead of the small built-in table."
+    )
+    model: ModelConfig | None = Field(None, description="paraphrase / back_translation: the causal LM that rewrites.")
+    instruction: str | None = Field(
+        None, description="paraphrase / back_translation: the prompt the model answers, with {text} (and {language} "
+        "for back_translation); default: a plain request for the paraphrase or translation alone.",
+    )
+    pivot_language: str = Field("French", description="back_translation: the language translated to and back from.")
+    language: str = Field("English", description="back_translation: the language of the data.")
+    generation: GenerationSettings = Field(
+        default_factory=lambda: GenerationSettings(max_new_tokens=96, temperature=0.7),
+        description="paraphrase / back_translation: sampling of the rewrites.",
+    )
+
+    def fields_for(self, kind: str) -> tuple[AugmentField, ...]:
+        """The fields rewritten in records of ``kind`` (sft or preference)."""
+        return tuple(self.fields) if self.fields else ("prompt",) if kind == "sft" else AUGMENT_FIELDS[kind]
+
+    @model_validator(mode="after")
+    def _options_fit_kind(self) -> "AugmentMethod":
+        by_model = self.kind in ("paraphrase", "back_translation")
+        if by_model and self.model is None:
+            raise ValueError(f"kind '{self.kind}' needs model: a causal LM that follows instructions")
+        only_for = {"synonyms": ("synonym",), "probability": WORD_EDITS, "model": ("paraphrase", "back_translation"),
+                    "instruction": ("paraphrase", "back_translation"), "generation": ("paraphrase", "back_translation"),
+                    "pivot_language": ("back_translation",), "language": ("back_translation",)}
+        for key, kinds in only_for.items():
+            if key in self.model_fields_set and getattr(self, key) is not None and self.kind not in kinds:
+                raise ValueError(f"{key} applies to kind {' / '.join(kinds)}, not kind '{self.kind}'; remove it")
+        placeholders = ("{text}", "{language}") if self.kind == "back_translation" else ("{text}",)
+        missing = [p for p in placeholders if self.instruction is not None and p not in self.instruction]
+        if missing:
+            raise ValueError(f"instruction={self.instruction!r} lacks {missing[0]}")
+        return self
+
+
+class AugmentRecipe(StageRecipe):
+    """``align augment``: augmented sft / preference rows with provenance; eval prompts never reach them."""
+
+    stage: Literal["augment"] = "augment"
+    data: DataConfig = Field(
+        ..., description="sft or preference records; its eval split (eval_path or eval_fraction) is written "
+        "unchanged to eval.jsonl and no augmented row may carry one of its prompts."
+    )
+    methods: list[AugmentMethod] = Field(..., min_length=1, description="Each method adds its copies of every train row.")
+    keep_original: bool = Field(True, description="Write the original train rows too (augmentation 'original').")
+    training: OutputSettings = Field(default_factory=lambda: OutputSettings(output_dir="runs/augment"))
+
+    @property
+    def record_kind(self) -> RecordKind:
+        return self.data.kind or "sft"
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> "AugmentRecipe":
+        kind = self.record_kind
+        if kind not in AUGMENT_FIELDS:
+            raise ValueError(f"data.kind='{kind}': augment reads sft or preference records")
+        for i, method in enumerate(self.methods):
+            wrong = sorted(set(method.fields or ()) - set(AUGMENT_FIELDS[kind]))
+            if wrong:
+                raise ValueError(f"methods[{i}].fields: {wrong} are not fields of {kind} records "
+                                 f"(those are {list(AUGMENT_FIELDS[kind])})")
+        return self

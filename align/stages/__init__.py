@@ -77,6 +77,12 @@ STAGES: dict[str, StageSpec] = {
         "align.stages.dpo.online:run",
         "online / iterative DPO: each round the policy samples, a judge picks pairs, DPO trains",
     ),
+    "augment": StageSpec(
+        "align.config:AugmentRecipe",
+        "align.stages.augment:run",
+        "augment sft / preference data (word dropout, swaps, synonyms, paraphrase, back-translation) with "
+        "provenance; eval prompts refused",
+    ),
     "export": StageSpec(
         "align.config:ExportRecipe",
         "align.stages.export:run",
