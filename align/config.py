@@ -641,6 +641,23 @@ class GenerateRecipe(StageRecipe):
         return values
 
 
+class RejectionSamplingRecipe(StageRecipe):
+    """``align rejection_sampling``: best-of-N answers as SFT data (Llama 2's rejection-sampling fine-tuning)."""
+
+    stage: Literal["rejection_sampling"] = "rejection_sampling"
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The policy that answers (usually the SFT output).")
+    data: DataConfig = Field(..., description="Prompts; any record kind with a prompt converts.")
+    reward: JudgeSettings = Field(..., description="The judge that picks each prompt's best answer.")
+    generation: CandidateSampling = Field(
+        default_factory=lambda: CandidateSampling(n=8), description="n: answers sampled per prompt (the N of best-of-N)."
+    )
+    min_gain: float | None = Field(
+        None, description="Keep a prompt only when its best answer beats the mean of its N by at least this much."
+    )
+    output: str | None = Field(None, description="SFT JSONL to write; default: <training.output_dir>/best.jsonl.")
+    training: OutputSettings = Field(default_factory=lambda: OutputSettings(output_dir="runs/rejection_sampling"))
+
+
 class EvalPolicy(Section):
     name: str | None = Field(None, description="Label in the report; default: the last part of model.name_or_path.")
     model: ModelConfig = Field(

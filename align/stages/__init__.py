@@ -54,6 +54,11 @@ STAGES: dict[str, StageSpec] = {
         "align.config:PPORecipe", "align.stages.ppo:run", "PPO-RLHF: our own loop on accelerate, rewarded by a text judge"
     ),
     "grpo": StageSpec("align.config:GRPORecipe", "align.stages.grpo:run", "GRPO / RLOO through TRL, rewarded by a text judge"),
+    "rejection_sampling": StageSpec(
+        "align.config:RejectionSamplingRecipe",
+        "align.stages.rejection_sampling:run",
+        "best-of-N: sample N answers per prompt, keep the judge's best as SFT data (rejection-sampling fine-tuning)",
+    ),
     "eval": StageSpec(
         "align.config:EvalRecipe",
         "align.stages.eval:run",
