@@ -1,10 +1,12 @@
-"""``align label`` subcommands: import, serve, add-user, disable-user, remove-user, export, status.
+"""``align label`` subcommands: import, prioritize, serve, add-user, disable-user, remove-user, export, status.
 
     align label add-user alice --role annotator            # password from a prompt
     ALIGN_LABEL_PASSWORD=... align label add-user bob --role admin
     align label disable-user alice                         # logged out now; `add-user alice --update` enables again
     align label remove-user alice                          # for good; alice's labels stay, under her name
     align label import candidates.jsonl labels_per_item=2 score.enabled=true --project demo
+    align label import candidates.jsonl --project demo --reward-model runs/reward   # least certain items first
+    align label prioritize --project demo --reward-model runs/reward-v2             # a newer model re-orders
     align label serve --project demo --port 7860
     align label status --project demo
     align label export --project demo --kind preference --out prefs.jsonl --aggregate majority
@@ -48,6 +50,12 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     imp.add_argument("--config", default=None, help="project config YAML (labels_per_item, guidelines, score, ...)")
     imp.add_argument("--format", default="auto", help="candidates file format (default: from the extension)")
     imp.add_argument("overrides", nargs="*", help="project config key=value, right after the file: labels_per_item=3 score.enabled=true")
+    _active_arguments(imp)
+
+    prio = sub("prioritize", "score every item with the linked (or a newer) reward model: queues serve the least "
+               "certain items first")
+    prio.add_argument("--project", required=True)
+    _active_arguments(prio)
 
     serve = sub("serve", "start the labeling app (Gradio) for one project")
     serve.add_argument("--project", required=True)
@@ -87,6 +95,16 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     status.add_argument("--project", default=None)
 
 
+def _active_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reward-model", nargs="+", default=None, metavar="DIR",
+                        help="link reward model(s) (`align reward` dirs or module:function): each annotator's queue "
+                             "serves the items they are least sure of first (sets active.reward_model)")
+    parser.add_argument("--strategy", choices=["margin", "ensemble"], default=None,
+                        help="margin: smallest score gap first; ensemble: most disagreement between 2+ models first")
+    parser.add_argument("--refresh-every", type=int, default=None, metavar="N",
+                        help="the server re-scores after every N new labels when the model on disk changed")
+
+
 def main(args: argparse.Namespace) -> int:
     """Run one ``align label`` subcommand; a refused request prints ``align: error: ...`` and returns 2."""
     import logging
@@ -115,11 +133,17 @@ def _import(args: argparse.Namespace) -> int:
 
     rows = read_candidates(args.candidates, args.format)  # every row checked before the database is touched
     store = _store(args)
-    config = _project_config(store, args.project, args.config, args.overrides)
+    config = _project_config(store, args.project, args.config, args.overrides + _active_overrides(args))
     report = store.import_items(args.project, rows, config, create=True)  # config and items: all or nothing
     cfg = store.project_config(args.project)
     print(f"project '{args.project}': {report.added} items added, {report.unchanged} already there, "
           f"{len(report.skipped)} left out; K={cfg.labels_per_item} labels per item")
+    if cfg.active is not None:
+        from labeling_ui.active import score_items
+
+        scored = score_items(store, args.project, only_unscored=True)
+        print(f"  {scored} items scored by {', '.join(cfg.active.reward_model)}: queues serve the least "
+              f"certain first ({cfg.active.strategy})")
     if report.empty_responses or report.merged_responses:
         print(f"  dropped {report.empty_responses} empty responses, merged {report.merged_responses} identical ones")
     for line in report.skipped[:20]:
@@ -138,11 +162,40 @@ def _project_config(store: Any, project: str, path: str | None, overrides: list[
     from labeling_ui.schemas import ProjectConfig
 
     try:
-        base = store.project_config(project).model_dump(mode="json")
+        base = store.project_config(project).model_dump(mode="json", exclude_none=True)
     except UnknownProject:
         base = {}
     data = {**base, **(read_yaml(path) if path else {})}
     return validate(ProjectConfig, apply_overrides(data, overrides), source=path or "project config")
+
+
+def _active_overrides(args: argparse.Namespace) -> list[str]:
+    """``active.*=value`` overrides from --reward-model, --strategy and --refresh-every."""
+    out = []
+    if args.reward_model:
+        out.append(f"active.reward_model={json.dumps(args.reward_model)}")
+    if args.strategy:
+        out.append(f"active.strategy={args.strategy}")
+    if args.refresh_every is not None:
+        out.append(f"active.refresh_every={args.refresh_every}")
+    return out
+
+
+def _prioritize(args: argparse.Namespace) -> int:
+    from labeling_ui.active import score_items
+    from labeling_ui.errors import LabelError
+
+    store = _store(args)
+    overrides = _active_overrides(args)
+    if overrides:
+        store.create_project(args.project, _project_config(store, args.project, None, overrides), update=True)
+    cfg = store.project_config(args.project)
+    if cfg.active is None:
+        raise LabelError(f"project '{args.project}' is linked to no reward model: pass --reward-model DIR")
+    scored = score_items(store, args.project)
+    print(f"project '{args.project}': {scored} items scored by {', '.join(cfg.active.reward_model)} "
+          f"({cfg.active.strategy}); queues serve the least certain first")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -220,5 +273,5 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"import": _import, "serve": _serve, "add-user": _add_user, "disable-user": _disable_user,
+_COMMANDS = {"import": _import, "prioritize": _prioritize, "serve": _serve, "add-user": _add_user, "disable-user": _disable_user,
              "remove-user": _remove_user, "export": _export, "status": _status}

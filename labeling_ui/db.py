@@ -5,7 +5,7 @@
     postgresql+psycopg://postgres@/labels?host=/run/postgresql&port=5432
 
 Tables: ``users`` (``status`` NULL while active, else ``disabled`` or ``removed``: a removed
-user's row stays so their labels stay attributed), ``projects``, ``items`` (one prompt and its responses), ``leases`` (an item
+user's row stays so their labels stay attributed), ``projects``, ``items`` (one prompt and its responses, and the linked reward model's uncertainty on it), ``leases`` (an item
 handed to one annotator, with an expiry and the draft of what they clicked), ``labels`` (one per
 item and annotator: the vote, the shown order, scores, flags), ``sessions`` (logins that outlive
 a server restart). Times are UNIX seconds (float), the same on both databases. A column added
@@ -69,6 +69,8 @@ class Project(Base):
     name: Mapped[str] = mapped_column(String(128), unique=True)
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[float] = mapped_column(Float)
+    # The last scoring of its items by the linked reward model (labeling_ui.active): models, labels then, time.
+    priority_state: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
 
 
 class Item(Base):
@@ -86,6 +88,8 @@ class Item(Base):
     gold: Mapped[Any] = mapped_column(JSON(none_as_null=True), nullable=True)
     adjudicated_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
+    # The linked reward model's uncertainty on this item (higher: served sooner); NULL until scored.
+    priority: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Lease(Base):

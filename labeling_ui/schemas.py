@@ -67,6 +67,35 @@ class ScoreSettings(Section):
         return self
 
 
+class ActiveSettings(Section):
+    reward_model: list[str] = Field(
+        ..., min_length=1, description="Judges whose uncertainty orders every annotator's queue: `align reward` "
+        "output dirs (or module:function); several make an ensemble."
+    )
+    strategy: Literal["margin", "ensemble"] = Field(
+        "margin", description="margin: the smallest gap between an item's response scores (the mean score over "
+        "several models) goes first; ensemble: the largest disagreement between models, the std of their score "
+        "differences, goes first (needs 2+ models)."
+    )
+    refresh_every: int = Field(
+        0, ge=0, description="The server re-scores every item after this many new labels, when a reward model on "
+        "disk changed since the last scoring (a module:function judge is always re-scored); 0: never."
+    )
+    batch_size: int = Field(32, gt=0, description="Pairs per forward pass of a reward model.")
+
+    @field_validator("reward_model", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _ensemble_size(self) -> ActiveSettings:
+        if self.strategy == "ensemble" and len(self.reward_model) < 2:
+            raise ValueError(f"active.strategy=ensemble needs 2 or more reward models; active.reward_model="
+                             f"{self.reward_model} has {len(self.reward_model)}")
+        return self
+
+
 class ProjectConfig(Section):
     task: Literal["compare", "thumbs"] = Field(
         "compare", description="compare: rank an item's responses; thumbs: one response, good or bad (import splits "
@@ -100,6 +129,9 @@ class ProjectConfig(Section):
         0.0, ge=0, le=1, description="Share of an annotator's items drawn from the gold items (rows with a 'gold' "
         "answer: an order such as 'BA' or ranks [2, 1] in file order, or up/down for thumbs), while any are left "
         "for them. Every annotator may label every gold item, whatever K is."
+    )
+    active: ActiveSettings | None = Field(
+        None, description="Link a reward model: queues serve the items it is least sure of first (none: file order)."
     )
 
     @field_validator("aspects")

@@ -21,6 +21,11 @@ Labels are keyed by (item, annotator): a second vote on the same item revises th
 ``revision`` goes up), it never adds a row. A vote needs the annotator's lease on the item or an
 earlier label of theirs (a revision); an expired lease still counts, so late work is kept even
 if it takes an item past K. Skips count against nobody's K but keep the item from that annotator.
+
+Order. An annotator is offered items already under way first (most labels done or leased), then
+in import order. A project linked to a reward model (``active`` in its config) puts the items
+the model is least sure of before that: each item's ``priority`` (``labeling_ui.active``), highest
+first, items not yet scored last. Gold items and K work as without it.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
-from sqlalchemy import and_, delete, exists, func, select
+from sqlalchemy import and_, delete, exists, func, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
@@ -339,6 +344,56 @@ class LabelStore:
 
         return self._transact(work)
 
+    # ----------------------------------------------------------------------- priorities (active labeling)
+
+    def items_to_score(self, project: str, *, only_unscored: bool = False) -> list[tuple[str, Any, list[str]]]:
+        """(item id, prompt, response texts in stored order) of every item, or only of those without a priority."""
+
+        def work(session: Session) -> list[tuple[str, Any, list[str]]]:
+            proj = self._project(session, project)
+            query = select(Item.key, Item.prompt, Item.responses).where(Item.project_id == proj.id).order_by(Item.id)
+            if only_unscored:
+                query = query.where(Item.priority.is_(None))
+            return [(key, prompt, [r["text"] for r in responses]) for key, prompt, responses in session.execute(query)]
+
+        return self._transact(work, write=False)
+
+    def set_priorities(self, project: str, priorities: dict[str, float], state: dict[str, Any]) -> int:
+        """Write items' priorities (higher: served sooner) and the scoring's ``state``; the number of items set."""
+
+        def work(session: Session) -> int:
+            proj = self._project(session, project, lock=True)  # the same lock leasing takes: no lease sees half
+            ids = dict(session.execute(select(Item.key, Item.id).where(Item.project_id == proj.id)).all())
+            rows = [{"id": ids[key], "priority": float(value)} for key, value in priorities.items() if key in ids]
+            if rows:
+                session.execute(update(Item), rows)
+            proj.priority_state = state
+            return len(rows)
+
+        return self._transact(work)
+
+    def priorities(self, project: str) -> dict[str, float | None]:
+        """Item id -> priority (None where unscored), in import order."""
+
+        def work(session: Session) -> dict[str, float | None]:
+            proj = self._project(session, project)
+            return dict(session.execute(select(Item.key, Item.priority).where(Item.project_id == proj.id)
+                                        .order_by(Item.id)).all())
+
+        return self._transact(work, write=False)
+
+    def priority_state(self, project: str) -> dict[str, Any] | None:
+        """What ``set_priorities`` last recorded (models, strategy, labels done then, time); None if never scored."""
+        return self._transact(lambda s: self._project(s, project).priority_state, write=False)
+
+    def done_labels(self, project: str) -> int:
+        def work(session: Session) -> int:
+            proj = self._project(session, project)
+            return session.scalar(select(func.count(Label.id)).where(Label.project_id == proj.id,
+                                                                      Label.status == "done"))
+
+        return self._transact(work, write=False)
+
     # ----------------------------------------------------------------------- users and logins
 
     def add_user(self, name: str, role: str, password: str, *, update: bool = False) -> UserInfo:
@@ -505,11 +560,13 @@ class LabelStore:
         load = self._load(Item.id, user_id, now)
         mine = exists().where(Label.item_id == Item.id, Label.user_id == user_id)
         served_gold = and_(Item.gold.is_not(None), Item.adjudicated_by.is_(None))  # handed out by _pick only
-        # Items already under way first, so finished items (K labels) accumulate steadily.
+        # Items already under way first, so finished items (K labels) accumulate steadily; with a linked reward
+        # model, the items it is least sure of come before that (unscored ones after every scored one).
+        uncertain_first = (Item.priority.is_(None), Item.priority.desc()) if cfg.active is not None else ()
         return (
             select(Item.id)
             .where(Item.project_id == project_id, ~mine, ~served_gold, load < cfg.labels_per_item)
-            .order_by(load.desc(), Item.id)
+            .order_by(*uncertain_first, load.desc(), Item.id)
         )
 
     def _wanted(self, session: Session, item_id: int, user_id: int, cfg: ProjectConfig, now: float) -> bool:
