@@ -67,10 +67,18 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def prepare_run_dir(recipe: BaseModel, output_dir: str | Path) -> Path:
-    """Create the run directory and save the resolved recipe; log it once."""
+    """Create the run directory, save the resolved recipe and mark the stage unfinished; log it once.
+
+    A previous run's ``stage_result.json`` is removed first: if this run dies, the directory must
+    not look finished (with the new recipe beside the old result, a pipeline would skip it). A run
+    that does not resume starts a fresh ``metrics.jsonl``, so its curves are its own.
+    """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if is_main_process():
+        (out / RESULT_FILE).unlink(missing_ok=True)
+        if not getattr(getattr(recipe, "training", None), "resume", False):
+            (out / METRICS_FILE).unlink(missing_ok=True)
         dump_recipe(recipe, out / "recipe.yaml")
         logger.info("run dir %s; resolved recipe saved to recipe.yaml", out)
     return out

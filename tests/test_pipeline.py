@@ -11,10 +11,12 @@ from pydantic import Field
 from align import pipeline as pipeline_module
 from align.config import StageRecipe, TrainingConfig
 from align.pipeline import StageFailed, run_pipeline
-from align.recipe import RecipeError, dump_recipe
+from align.recipe import RecipeError
+from align.run import finish_stage, prepare_run_dir
 from align.stages import STAGES, StageResult, StageSpec
 
 CALLS: list[str] = []
+KILLED: set[str] = set()  # stages killed once their run dir is prepared (not a recipe key: the recipe stays the same)
 
 
 class EchoRecipe(StageRecipe):
@@ -30,13 +32,11 @@ def run_echo(recipe: EchoRecipe) -> StageResult:
     CALLS.append(recipe.name or "")
     if recipe.fail:
         raise RuntimeError("boom")
-    out = Path(recipe.training.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_recipe(recipe, out / "recipe.yaml")  # as every real stage does through prepare_run_dir
+    out = prepare_run_dir(recipe, recipe.training.output_dir)  # as every real stage starts
+    if recipe.name in KILLED:
+        raise KeyboardInterrupt("killed mid-run")
     (out / "value.txt").write_text(recipe.value)
-    result = StageResult(out, {"eval/accuracy": 0.75, "length": len(recipe.value)})
-    result.save()
-    return result
+    return finish_stage(out, recipe, {"eval/accuracy": 0.75, "length": len(recipe.value)})
 
 
 @pytest.fixture(autouse=True)
@@ -98,6 +98,22 @@ def test_failed_stage_names_itself_and_keeps_earlier_outputs(tmp_path: Path) -> 
     CALLS.clear()
     run_pipeline(path, ["bad.fail=false"])
     assert CALLS == ["bad"]
+
+
+def test_a_rerun_killed_midway_is_not_taken_for_finished(tmp_path: Path) -> None:
+    """The new recipe is saved at the start: the old run's stage_result.json must not survive beside it."""
+    path = write_pipeline(tmp_path, [{"stage": "echo", "name": "a", "value": "1"}])
+    run_pipeline(path)
+    KILLED.add("a")
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(path, ["a.value=two"])
+    KILLED.clear()
+    CALLS.clear()
+    (tmp_path / "runs" / "a" / "metrics.jsonl").write_text('{"step": 9, "train/loss": 1.0}\n')  # the killed run's
+    run_pipeline(path, ["a.value=two"])
+    assert CALLS == ["a"]  # run again, not skipped
+    assert not (tmp_path / "runs" / "a" / "metrics.jsonl").exists()  # a fresh run's curves are its own
+    assert (tmp_path / "runs" / "a" / "value.txt").read_text() == "two"
 
 
 def test_bad_pipelines_fail_before_running(tmp_path: Path) -> None:
