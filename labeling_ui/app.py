@@ -17,8 +17,9 @@ API endpoints (all need a login; gradio_client: ``Client(url, auth=(name, passwo
   ``/rank_order`` (item, flags, scores, typed order best first such as ``BAC``, aspect ratings);
   ``/skip`` (item, reason, flags); ``/previous`` (item): the annotator's label before this one;
   ``/current``: back to the held item; ``/open_item`` (item): one of the annotator's own labels;
-  ``/my_labels``; ``/draft``.
-- admin only: ``/admin_refresh`` (progress per annotator, agreement), ``/admin_export``.
+  ``/my_labels``; ``/draft``; ``/diff`` (item, show): a word-level diff of responses A and B.
+- admin only: ``/admin_refresh`` (progress per annotator, agreement), ``/admin_items`` (per-item
+  agreement table), ``/admin_export``.
 
 Text from users and candidate files (item ids, skip reasons) is escaped wherever it reaches
 Markdown or an error toast (which Gradio renders as HTML), so an id cannot become a link or an
@@ -44,20 +45,22 @@ from typing import Any
 import gradio as gr
 from starlette.middleware import Middleware
 
+from labeling_ui.active import Refresher
 from labeling_ui.agreement import format_summary, project_agreement
 from labeling_ui.errors import LabelError, NotAllowed
 from labeling_ui.export import ExportOptions, export_project
 from labeling_ui.logins import LoginGuard, LoginThrottle
 from labeling_ui.browser import CSS, SCORE_MARKS_JS, SCRIPT, key_hint
-from labeling_ui.render import prompt_html, response_html
+from labeling_ui.render import diff_html, prompt_html, response_html
 from labeling_ui.schemas import PAIR_CHOICES, THUMB_CHOICES, ProjectConfig, ranks_from_order, response_name
-from labeling_ui.quality import annotator_agreement, answer, gold_accuracy, review_queue
+from labeling_ui.quality import annotator_agreement, answer, gold_accuracy, item_agreement_table, review_queue
 from labeling_ui.store import PACE_WINDOW, LabelStore, Task, UserInfo, new_token, pace, parse_vote
 
 logger = logging.getLogger("labeling_ui")
 
 EXPORT_FORMATS = ("jsonl", "json", "parquet")  # what gr.File can hand over: one file
 DASHBOARD_SECONDS = 5.0  # the admin dashboard refreshes itself this often
+ITEM_ROWS = 500  # rows of the per-item agreement table (least agreement first)
 CHOICE_LABELS = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad", "up": "Good",
                  "down": "Bad"}
 CHOICE_IDS = {choice: f"{'thumb' if choice in THUMB_CHOICES else 'vote'}-{choice.replace('_', '-')}"
@@ -266,6 +269,8 @@ class Handlers:
         self.config = store.project_config(project)
         self.view = View(self.config, slots)
         self.slots = slots
+        active = self.config.active
+        self.refresher = Refresher(store, project, active) if active is not None and active.refresh_every else None
 
     def _who(self, request: gr.Request) -> UserInfo:
         name = getattr(request, "username", None)
@@ -343,7 +348,10 @@ class Handlers:
                               aspects=self._aspects(aspects))
             return self.store.submit(self.project, user.name, vote)
 
-        return self._guard(act)
+        saved = self._guard(act)
+        if self.refresher is not None:
+            self.refresher.after_label()  # re-scores in the background when due
+        return saved
 
     def _aspects(self, values: tuple[Any, ...]) -> dict[str, list[int | None]] | None:
         """Aspect ratings as laid out (per slot, per aspect) -> aspect -> rating per slot; None without aspects."""
@@ -383,6 +391,16 @@ class Handlers:
         self._guard(lambda: self.store.save_draft(
             self.project, user.name, item, {"flags": flags or [], "ranks": values, "scores": _scores(scores, self.slots)}))
 
+    def diff(self, item: str, show: bool, request: gr.Request) -> Any:
+        """A word-level diff of responses A and B of the item on screen, when the annotator asks for it."""
+        user = self._who(request)
+        if not show or not item:
+            return gr.update(value="", visible=False)
+        task = self._guard(lambda: self.store.own_task(self.project, user.name, item))
+        if len(task.responses) < 2:
+            return gr.update(value="", visible=False)
+        return gr.update(value=diff_html(task.responses[0], task.responses[1]), visible=True)
+
     def my_labels(self, request: gr.Request) -> list[list[Any]]:
         user = self._who(request)
         return [
@@ -398,9 +416,21 @@ class Handlers:
         records = self.store.label_records(self.project)
         return (self._people(records),
                 format_summary(self.store.item_counts(self.project), project_agreement(records),
-                               self.config.labels_per_item),
+                               self.config.labels_per_item) + self._queue_order(),
                 [[row["item"], row["labels"], round(row["agreement"], 3)]
                  for row in review_queue(records, self.config.review_below)])
+
+    def _queue_order(self) -> str:
+        """A line on how queues are ordered: by the linked reward model's uncertainty, or file order."""
+        active = self.config.active
+        if active is None:
+            return ""
+        state = self.store.priority_state(self.project)
+        models = md_text(", ".join(active.reward_model))
+        if not state:
+            return f"\n\nQueue order: linked to {models} ({active.strategy}), not scored yet: file order."
+        return (f"\n\nQueue order: least certain first by {models} ({active.strategy}); {state.get('items', 0)} "
+                f"items scored at {state.get('labels', 0)} labels, {_when(state.get('scored_at', 0))}.")
 
     def _people(self, records: list[dict[str, Any]]) -> list[list[Any]]:
         progress = {p["annotator"]: p for p in self.store.annotator_progress(self.project)}
@@ -420,6 +450,17 @@ class Handlers:
                          None if accuracy is None else round(accuracy, 3),
                          None if name not in agree else round(agree[name][1], 3), _when(p["last_activity"])])
         return rows
+
+    def admin_items(self, request: gr.Request) -> list[list[Any]]:
+        """Per item: done labels of K, agreement, the most common answer (stored order) and its votes, state;
+        and, in a project linked to a reward model, its priority. Least agreement first, ``ITEM_ROWS`` at most."""
+        self._admin(request)
+        records = self.store.label_records(self.project)
+        rows = item_agreement_table(records, self.config.labels_per_item, self.config.review_below)[:ITEM_ROWS]
+        priority = self.store.priorities(self.project) if self.config.active is not None else {}
+        return [[r["item"], f"{r['labels']}/{self.config.labels_per_item}",
+                 None if r["agreement"] is None else round(r["agreement"], 3), r["answer"], r["votes"], r["state"],
+                 None if priority.get(r["item"]) is None else round(priority[r["item"]], 4)] for r in rows]
 
     def review_item(self, item: str, request: gr.Request) -> str:
         """One item for a lead: responses in stored order (A, B, ... as the adjudication order reads) and each vote."""
@@ -530,6 +571,8 @@ def build_app(store: LabelStore, project: str, exports: ExportFolder) -> gr.Bloc
                 previous_button = gr.Button(f"Previous (revise) {key_hint('previous')}", elem_id="previous")
                 current_button = gr.Button(f"Back to current item {key_hint('current')}", elem_id="current")
             message = gr.Markdown(elem_id="message", latex_delimiters=[])
+            show_diff = gr.Checkbox(False, label="Show word differences between A and B", elem_id="show-diff")
+            diff_view = gr.HTML(visible=False, elem_id="diff")
         with gr.Tab("My labels") as mine_tab:
             mine = gr.Dataframe(headers=["item", "status", "choice", "ranks (as shown)", "flags", "skip reason",
                                          "revision", "updated"], interactive=False)
@@ -553,6 +596,10 @@ def build_app(store: LabelStore, project: str, exports: ExportFolder) -> gr.Bloc
                 adjudicate_button = gr.Button("Settle item", variant="primary")
             review_note = gr.Markdown(latex_delimiters=[])
             review_view = gr.HTML()
+            gr.Markdown("**Items**: labels, agreement and the most common answer (responses in file order), "
+                        "least agreement first")
+            items_table = gr.Dataframe(headers=["item", "labels", "agreement", "answer", "votes", "state", "priority"],
+                                       interactive=False, elem_id="items")
             gr.Markdown("**Users**")
             with gr.Row():
                 user_action = gr.Radio(["add", "reset password", "disable"], value="add", label="Action")
@@ -606,9 +653,14 @@ def build_app(store: LabelStore, project: str, exports: ExportFolder) -> gr.Bloc
         scores_json.change(None, scores_json, None, js=SCORE_MARKS_JS, queue=False, api_visibility="private")
         refresh_admin.click(h.admin_refresh, None, [people, summary, queue], api_name="admin_refresh")
         timer.tick(h.admin_refresh, None, [people, summary, queue], api_visibility="private", show_progress="hidden")
+        refresh_admin.click(h.admin_items, None, items_table, api_name="admin_items")
+        timer.tick(h.admin_items, None, items_table, api_visibility="private", show_progress="hidden")
+        gr.on([show_diff.change, item_ref.change], h.diff, [item_ref, show_diff], diff_view, api_name="diff",
+              show_progress="hidden")
         review_button.click(h.review_item, [review_id], review_view, api_name="review_item")
         adjudicate_button.click(h.adjudicate, [review_id, final_order], review_note, api_name="adjudicate").then(
-            h.admin_refresh, None, [people, summary, queue], api_visibility="private")
+            h.admin_refresh, None, [people, summary, queue], api_visibility="private").then(
+            h.admin_items, None, items_table, api_visibility="private")
         user_button.click(h.manage_user, [user_action, user_name, user_role, user_password], user_note,
                           api_name="manage_user")
         export_button.click(h.admin_export, [kind, ties, aggregate, min_labels, min_agreement, fmt],

@@ -121,6 +121,12 @@ CSS = CODE_CSS + """
 .unscored input[type=number] { visibility: hidden; }
 #rank-order textarea, #rank-order input { text-transform: uppercase; font-family: monospace; }
 .unscored input[type=range] { opacity: .35; }
+.diff-sides { display: flex; gap: 1em; }
+.diff-side { flex: 1; min-width: 0; }
+pre.diff { white-space: pre-wrap; font-family: inherit; max-height: 50vh; overflow: auto; }
+pre.diff del { background: #ffd7d5; }
+pre.diff ins { background: #ccffd8; }
+.diff-note { font-size: .9em; opacity: .8; }
 """
 
 # Run in the browser whenever the hidden scores field changes: a slider whose score is null shows no value.

@@ -8,18 +8,20 @@ vote agrees only with another both-bad vote).
 
 - gold accuracy: an annotator's mean agreement with the known answer, over the gold items they labeled;
 - agreement: an annotator's mean agreement with each other annotator on the items both labeled;
+- item table: per item its labels, agreement, most common answer and state (the lead's dashboard);
 - review queue: items with at least two done labels whose agreement (``agreement.labels_agreement``)
   is below a threshold, most contested first, until a lead adjudicates them.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import combinations
 from typing import Any
 
 from labeling_ui.agreement import labels_agreement
+from labeling_ui.schemas import response_name
 
 Answer = Sequence[int] | str
 
@@ -81,3 +83,39 @@ def review_queue(records: Iterable[Mapping[str, Any]], below: float) -> list[dic
         if share < below:
             queue.append({"item": item, "labels": len(labels), "agreement": share})
     return sorted(queue, key=lambda row: (row["agreement"], -row["labels"], row["item"]))
+
+
+def item_agreement_table(records: Iterable[Mapping[str, Any]], k: int, below: float) -> list[dict[str, Any]]:
+    """One row per item with done labels: labels, agreement (None under 2 labels), the most common answer, state.
+
+    ``state``: ``settled`` (a lead adjudicated it), ``gold``, ``contested`` (2+ labels, agreement
+    under ``below``), ``complete`` (K labels) or ``in progress``. Least agreement first.
+    """
+    by_item: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for rec in _done(records):
+        by_item[rec["item"]].append(rec)
+    rows = []
+    for item, labels in by_item.items():
+        share = labels_agreement(labels) if len(labels) >= 2 else None
+        answers = Counter(_answer_key(answer(rec)) for rec in labels)
+        top, votes = answers.most_common(1)[0]
+        first = labels[0]
+        if first.get("adjudicated_by"):
+            state = "settled"
+        elif first.get("gold") is not None:
+            state = "gold"
+        elif share is not None and share < below:
+            state = "contested"
+        else:
+            state = "complete" if len(labels) >= k else "in progress"
+        rows.append({"item": item, "labels": len(labels), "agreement": share, "answer": top, "votes": votes,
+                     "state": state})
+    return sorted(rows, key=lambda r: (r["agreement"] if r["agreement"] is not None else 2.0, r["item"]))
+
+
+def _answer_key(found: Answer) -> str:
+    """An answer as text: ``B > A=C`` for ranks, else the word."""
+    if isinstance(found, str):
+        return found
+    names = [response_name(i) for i in range(len(found))]
+    return " > ".join("=".join(n for n, r in zip(names, found) if r == rank) for rank in sorted(set(found)))

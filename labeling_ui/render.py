@@ -21,7 +21,9 @@ are not highlighted.
 
 from __future__ import annotations
 
+import difflib
 import html
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,6 +38,7 @@ HIGHLIGHT_LIMIT = 20_000
 COLLAPSE_CHARS = 1_200  # longer responses start collapsed ...
 COLLAPSE_LINES = 18  # ... and so do ones with more lines than this
 SAFE_SCHEMES = ("http", "https", "mailto")
+DIFF_TOKENS = 20_000  # longer responses are not diffed (SequenceMatcher grows faster than linearly)
 CODE_CSS = HtmlFormatter(style="default").get_style_defs(".md pre code")
 
 
@@ -104,3 +107,37 @@ def prompt_html(prompt: str | list[dict[str, Any]]) -> str:
         for m in prompt
     )
     return f'<div class="prompt md">{turns}</div>'
+
+
+def _tokens(text: str) -> list[str]:
+    """Words, runs of whitespace and single punctuation marks: joined back they give ``text`` exactly."""
+    return re.findall(r"\s+|\w+|[^\w\s]", text)
+
+
+def diff_html(a: str, b: str, names: tuple[str, str] = ("A", "B")) -> str:
+    """A word-level diff of two responses, side by side: words only in A struck through, only in B underlined.
+
+    The texts are shown as plain text (every piece escaped, no Markdown), so the diff is as safe
+    as the rest of this module; past ``DIFF_TOKENS`` words a note replaces it.
+    """
+    left, right = _tokens(a), _tokens(b)
+    if len(left) > DIFF_TOKENS or len(right) > DIFF_TOKENS:
+        return f'<div class="diff-note">Responses too long to compare word by word (over {DIFF_TOKENS:,} words).</div>'
+    out_a: list[str] = []
+    out_b: list[str] = []
+    matcher = difflib.SequenceMatcher(None, left, right, autojunk=False)
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        old, new = html.escape("".join(left[i1:i2])), html.escape("".join(right[j1:j2]))
+        if op == "equal":
+            out_a.append(old)
+            out_b.append(new)
+            continue
+        if old:
+            out_a.append(f"<del>{old}</del>")
+        if new:
+            out_b.append(f"<ins>{new}</ins>")
+    share = matcher.ratio()
+    head = f'<div class="diff-note">{share:.0%} alike; only in {html.escape(names[0])}: struck through, only in {html.escape(names[1])}: underlined</div>'
+    sides = "".join(f'<div class="diff-side"><div class="role">{html.escape(name)}</div><pre class="diff">{body}</pre></div>'
+                    for name, body in zip(names, ("".join(out_a), "".join(out_b))))
+    return f'<div class="diff-view">{head}<div class="diff-sides">{sides}</div></div>'

@@ -114,6 +114,19 @@ def test_vote_is_written_for_the_logged_in_annotator(app: dict) -> None:
     assert "model-" not in json.dumps(shown)  # model names never reach the annotator
 
 
+def test_word_diff_of_the_item_on_screen(app: dict) -> None:
+    app["store"].add_user("differ", "annotator", "differ-password")
+    client = login(app, "differ")
+    shown = client.predict(api_name="/load")  # no vote: the other tests' items stay as they are
+    diff = client.predict(shown[ITEM], True, api_name="/diff")
+    a_text = app["store"].own_task("demo", "differ", shown[ITEM]).responses[0]  # "Answer i-j": only j differs
+    assert "<del>" in diff["value"] and "<ins>" in diff["value"] and a_text.split("-")[0] in diff["value"]
+    assert client.predict(shown[ITEM], False, api_name="/diff")["value"] == ""
+    with pytest.raises(AppError, match="no label on item"):
+        client.predict("q00" if shown[ITEM] != "q00" else "q01", True, api_name="/diff")  # only one's own items
+    client.predict(shown[ITEM], "other", [], api_name="/skip")  # gives the lease back
+
+
 def test_previous_revises_and_refresh_resumes(app: dict) -> None:
     client = login(app, "ann2")
     first = pairwise(client, client.predict(api_name="/load"))
@@ -609,6 +622,13 @@ def test_gold_accuracy_review_queue_and_adjudication(qc_app: dict) -> None:
     assert_plain(lead.predict("o2", "BA", api_name="/adjudicate"), "Item o2 settled by lead: B > A.")
     _people, _summary, queue = lead.predict(api_name="/admin_refresh")
     assert "o2" not in [row[0] for row in queue["data"]]
+    items = {row[0]: row for row in lead.predict(api_name="/admin_items")["data"]}
+    # item, labels of K, agreement, most common answer (file order), its votes, state, priority (no reward model)
+    assert items["o2"][1:3] == ["2/2", pytest.approx(0.5)] and items["o2"][5] == "settled"
+    assert items["o1"][5] == "contested" and items["o1"][3] in ("A > B", "B > A") and items["o1"][4] == 1
+    assert items["g0"][5] == "gold" and items["o1"][6] is None
+    with pytest.raises(AppError, match="admin only"):
+        login(qc_app, "careful").predict(api_name="/admin_items")
     with pytest.raises(AppError, match="admin only"):
         login(qc_app, "careful").predict("o1", "AB", api_name="/adjudicate")
     from labeling_ui.export import ExportOptions, build_rows

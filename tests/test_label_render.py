@@ -82,3 +82,18 @@ def test_typed_order_gives_ranks(order: str, n: int, ranks: list[int]) -> None:
 def test_a_bad_order_names_what_is_wrong(order: str, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         ranks_from_order(order, 3)
+
+
+def test_word_diff_marks_changed_words_and_escapes_everything() -> None:
+    from labeling_ui.render import DIFF_TOKENS, _tokens, diff_html
+
+    text = "Use `sorted(xs)`,\n  then <b>print</b> it."
+    assert "".join(_tokens(text)) == text  # tokens rejoin to the exact text
+    out = diff_html("The cat sat on the mat.", "The dog sat on the mat!")
+    assert "The <del>cat</del> sat on the mat<del>.</del>" in out
+    assert "The <ins>dog</ins> sat on the mat<ins>!</ins>" in out
+    evil = diff_html('<img src=x onerror="alert(1)"> hi', "<script>alert(2)</script> hi")
+    assert "<img" not in evil and "<script" not in evil and "&lt;<ins>script&gt;" in evil
+    assert "onerror=&quot;" in evil  # attribute quotes escaped as well
+    assert "too long" in diff_html("w " * (DIFF_TOKENS + 1), "w")
+
