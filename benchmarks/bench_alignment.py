@@ -229,7 +229,8 @@ def report(out: Path, curve: dict[str, dict[int, dict[str, float]]], policies: l
         lines.append(f"| {'start' if label == 'baseline' else label} | {rate} | {m['reward']:.3f} | "
                      f"{m['kl_full_vocab']:.3f} | {m['response_tokens']:.1f} | {m['finished_frac']:.0%} |")
         if "win_rate" in m:
-            points.setdefault(label.split("-")[0], []).append((m["kl_full_vocab"], m["win_rate"], label))
+            method = "best-of-N" if label.startswith("best-of") else label.split("-")[0]
+            points.setdefault(method, []).append((m["kl_full_vocab"], m["win_rate"], label))
     lines += ["", "## Reward model: accuracy against gold on fresh, clearly different pairs", "",
               "| method | " + " | ".join(f"{k} labels" for k in next(iter(curve.values()))) + " |",
               "| --- |" + " --- |" * len(next(iter(curve.values())))]
