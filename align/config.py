@@ -394,6 +394,10 @@ class SamplingSettings(Section):
     top_p: float = Field(1.0, gt=0, le=1)
     top_k: int = Field(0, ge=0, description="Sample from the k most likely tokens; 0 disables.")
 
+    def sample_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``align.sampling.sample``: how to draw and, when the settings have one, the batch size."""
+        return self.model_dump(include={"max_new_tokens", "temperature", "top_p", "top_k", "batch_size"})
+
 
 class GenerationSettings(SamplingSettings):
     batch_size: int = Field(16, gt=0, description="Prompts per generate call.")

@@ -69,6 +69,19 @@ def score(judge: Judge, prompts: Sequence[Any], responses: Sequence[Any], finish
     return Scores(raw=raw, final=final)
 
 
+def score_n(judge: Judge, prompts: Sequence[Any], responses: Sequence[Any], finished: Any = None,
+            settings: JudgeSettings | None = None) -> Scores:
+    """``score`` of N responses per prompt, ``responses[i * N + j]`` answering ``prompts[i]``; (P, N) scores.
+
+    One call for all of them, so a penalty in standard deviations uses the spread of every answer.
+    """
+    if not prompts or len(responses) % len(prompts):
+        raise ValueError(f"{len(responses)} responses for {len(prompts)} prompts: need the same number for each")
+    n = len(responses) // len(prompts)
+    scores = score(judge, [prompt for prompt in prompts for _ in range(n)], responses, finished, settings)
+    return Scores(raw=scores.raw.view(-1, n), final=scores.final.view(-1, n))
+
+
 def judge_for(settings: JudgeSettings, device: str | None = None) -> Judge:
     """``load_judge`` with a recipe's ``reward`` section (batch size and normalisation apply to a reward model)."""
     return load_judge(settings.judge, batch_size=settings.batch_size, normalize=settings.normalize, device=device)

@@ -13,7 +13,8 @@ from torch.testing import assert_close
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from align.config import DistillRecipe
-from align.ops.distill import generalized_jsd, masked_token_mean
+from align.ops.distill import generalized_jsd
+from align.ops.stats import masked_mean
 from align.recipe import validate
 from align.run import StageResult
 from align.stages import distill as distill_stage
@@ -48,8 +49,8 @@ def test_temperature_softens_both() -> None:
 
 def test_masked_mean_ignores_masked_tokens_and_empty_masks() -> None:
     values = torch.tensor([[1.0, 2.0, 9.0]])
-    assert_close(masked_token_mean(values, torch.tensor([[1, 1, 0]])), torch.tensor(1.5))
-    assert_close(masked_token_mean(values, torch.zeros(1, 3)), torch.tensor(0.0))
+    assert_close(masked_mean(values, torch.tensor([[1, 1, 0]])), torch.tensor(1.5))
+    assert_close(masked_mean(values, torch.zeros(1, 3)), torch.tensor(0.0))
 
 
 QA = [("What colour is the sky?", "The sky is blue."), ("Say yes.", "yes"), ("Say no.", "no"),

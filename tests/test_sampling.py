@@ -189,3 +189,13 @@ def test_missing_eos_penalty_in_standard_deviations_of_the_batch() -> None:
     got = score(judge, ["p"] * 4, ["a", "b", "c", "d"], [True, False, True, False], settings)
     torch.testing.assert_close(got.final, torch.tensor([1.0, 3.0 - 0.5 * 5**0.5, 5.0, 7.0 - 0.5 * 5**0.5]))
     torch.testing.assert_close(got.raw, torch.tensor([1.0, 3.0, 5.0, 7.0]))
+
+
+def test_n_answers_per_prompt_score_in_one_call() -> None:
+    from align.judges import score_n
+
+    judge = load_judge("test_ppo_judges:count_e")
+    got = score_n(judge, ["p", "q"], ["e", "ee", "", "eee"])
+    torch.testing.assert_close(got.final, torch.tensor([[1.0, 2.0], [0.0, 3.0]]))  # row i answers prompt i
+    with pytest.raises(ValueError, match="3 responses for 2 prompts"):
+        score_n(judge, ["p", "q"], ["a", "b", "c"])

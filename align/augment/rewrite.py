@@ -40,9 +40,5 @@ class ModelRewriter:
     def _ask(self, texts: list[str], language: str, seed: int) -> list[str]:
         settings = self.method.generation
         prompts = [self.instruction.replace("{language}", language).replace("{text}", text) for text in texts]
-        samples = sample(
-            self.model, self.tokenizer, prompts, max_new_tokens=settings.max_new_tokens,
-            temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
-            batch_size=settings.batch_size, seed=seed,
-        )
+        samples = sample(self.model, self.tokenizer, prompts, **settings.sample_kwargs(), seed=seed)
         return [text.strip() for text in samples.texts]

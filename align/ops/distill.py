@@ -38,12 +38,6 @@ def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     return beta * _kl(log_t, log_m) + (1 - beta) * _kl(log_s, log_m)
 
 
-def masked_token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values (B, T)`` over ``mask (B, T)``; the count is clamped to 1, so an empty mask gives 0."""
-    mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1)
-
-
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """KL(p || q) over the last dimension, from log-probabilities: ``sum_v p (log p - log q)``."""
     return (log_p.exp() * (log_p - log_q)).sum(-1)

@@ -35,8 +35,9 @@ from transformers import Trainer, TrainingArguments
 from align.config import DistillRecipe
 from align.data import DataError, chat_to_prompt_completion, load_records, response_text
 from align.models import load_policy, partial_callbacks
-from align.ops.distill import generalized_jsd, masked_token_mean
+from align.ops.distill import generalized_jsd
 from align.ops.logprobs import token_logprobs
+from align.ops.stats import masked_mean
 from align.run import StageResult, append_metrics, finish_stage, prepare_run_dir
 from align.sampling import eos_token_ids, prompt_ids, sample
 from align.training import hf_training_kwargs, save_final_model, train_with_resume, trainer_callbacks
@@ -149,13 +150,13 @@ class DistillTrainer(Trainer):
         vocab = min(student_logits.shape[-1], teacher_logits.shape[-1])  # padded embedding tables may differ
         student_logits, teacher_logits = student_logits[..., :vocab], teacher_logits[..., :vocab]
         if self.options.mode == "sequence":
-            loss = -masked_token_mean(token_logprobs(student_logits, ids[:, 1:]), mask)
+            loss = -masked_mean(token_logprobs(student_logits, ids[:, 1:]), mask)
         else:
             divergence = generalized_jsd(student_logits, teacher_logits, self.options.divergence_beta,
                                          self.options.temperature)
-            loss = masked_token_mean(divergence, mask)
+            loss = masked_mean(divergence, mask)
         with torch.no_grad():
-            kl = masked_token_mean(generalized_jsd(student_logits, teacher_logits, 0.0), mask)
+            kl = masked_mean(generalized_jsd(student_logits, teacher_logits, 0.0), mask)
         self._sums["distill/kl"] += float(kl)
         self._sums["distill/completion_tokens"] += float(mask.sum())
         self._count += 1
@@ -165,11 +166,8 @@ class DistillTrainer(Trainer):
         """The batch's prompts answered by the student now: (B, P + T) ids, masks from ``align.sampling``."""
         generation = self.options.generation
         student = self.accelerator.unwrap_model(model)
-        samples = sample(
-            student, self.processing_class, inputs["prompts"], max_new_tokens=generation.max_new_tokens,
-            temperature=generation.temperature, top_p=generation.top_p, top_k=generation.top_k,
-            batch_size=generation.batch_size, seed=self.args.seed + 7919 * self.state.global_step,
-        )
+        samples = sample(student, self.processing_class, inputs["prompts"], **generation.sample_kwargs(),
+                         seed=self.args.seed + 7919 * self.state.global_step)
         completion = torch.cat([torch.zeros_like(samples.query_mask), samples.response_mask.long()], dim=1)
         return {"input_ids": samples.sequences, "attention_mask": samples.attention_mask, "completion_mask": completion}
 
@@ -193,7 +191,7 @@ def teacher_student_kl(student: torch.nn.Module, teacher: torch.nn.Module, batch
         t = teacher(input_ids=ids, attention_mask=attention, use_cache=False).logits[:, :-1]
         vocab = min(s.shape[-1], t.shape[-1])
         kl = generalized_jsd(s[..., :vocab], t[..., :vocab], 0.0)
-        return float(masked_token_mean(kl, batch["completion_mask"][:, 1:].to(device)))
+        return float(masked_mean(kl, batch["completion_mask"][:, 1:].to(device)))
     finally:
         student.train(was_training)
 
@@ -203,9 +201,7 @@ def teacher_answers(teacher: torch.nn.Module, tokenizer: Any, rows: list[dict[st
     """``{prompt, completion}`` with the teacher's sampled answer to each row's prompt; also written to ``path``."""
     generation = recipe.distill.generation
     prompts = [row["prompt"] for row in rows]
-    texts = sample(teacher, tokenizer, prompts, max_new_tokens=generation.max_new_tokens,
-                   temperature=generation.temperature, top_p=generation.top_p, top_k=generation.top_k,
-                   batch_size=generation.batch_size, seed=recipe.training.seed).texts
+    texts = sample(teacher, tokenizer, prompts, **generation.sample_kwargs(), seed=recipe.training.seed).texts
     answered = [{"prompt": prompt, "completion": text} for prompt, text in zip(prompts, texts)]
     path.write_text("".join(json.dumps(row) + "\n" for row in answered))
     logger.info("teacher answered %d prompts -> %s", len(answered), path)

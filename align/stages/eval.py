@@ -37,7 +37,7 @@ from align.config import EvalPolicy, EvalRecipe, ModelConfig
 from align.data import load_records
 from align.eval.curves import RunCurves, plot_reward_vs_kl, plot_training, run_curves
 from align.eval.responses import held_out_prompts, markdown_cell, response_kls
-from align.judges import judge_for, score
+from align.judges import judge_for, score, score_n
 from align.models import load_policy
 from align.ops.stats import win_rate_and_se
 from align.recipe import RecipeError
@@ -148,9 +148,7 @@ def sample_responses(model: Any, tokenizer: Any, reference: Any, prompts: list[P
     parts: dict[str, list[torch.Tensor]] = {"kl": [], "kl_full_vocab": [], "tokens": [], "finished": []}
     for start in range(0, len(prompts), settings.batch_size):
         # One call per batch, so the KL's (B, T, V) logits stay one batch large; seeds as in one call.
-        samples = sample(model, tokenizer, prompts[start : start + settings.batch_size],
-                         max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
-                         top_p=settings.top_p, top_k=settings.top_k, batch_size=settings.batch_size,
+        samples = sample(model, tokenizer, prompts[start : start + settings.batch_size], **settings.sample_kwargs(),
                          seed=recipe.training.seed + start)
         kls = response_kls(model, reference, samples)
         texts += samples.texts
@@ -174,11 +172,8 @@ def best_of_n(model: Any, tokenizer: Any, prompts: list[Prompt], recipe: EvalRec
     tokens, finished = [], []
     for start in range(0, len(prompts), settings.batch_size):
         batch = prompts[start : start + settings.batch_size]
-        samples = sample(model, tokenizer, batch, max_new_tokens=settings.max_new_tokens,
-                         temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
-                         batch_size=settings.batch_size, n=n, seed=recipe.training.seed + start)
-        repeated = [prompt for prompt in batch for _ in range(n)]
-        scores = score(selector, repeated, samples.texts, samples.finished, policy.selector).final.view(-1, n)
+        samples = sample(model, tokenizer, batch, **settings.sample_kwargs(), n=n, seed=recipe.training.seed + start)
+        scores = score_n(selector, batch, samples.texts, samples.finished, policy.selector).final  # (b, n)
         best = scores.argmax(dim=1) + torch.arange(len(batch)) * n  # (b,) rows of the chosen samples
         texts += [samples.texts[i] for i in best.tolist()]
         tokens.append(samples.lengths.cpu()[best].float())

@@ -60,9 +60,7 @@ def run(recipe: GenerateRecipe) -> StageResult:
         started = time.perf_counter()
         model, tokenizer = load_policy(cfg, trainable=False)
         model.to(device)
-        samples = sample(model, tokenizer, prompts, max_new_tokens=settings.max_new_tokens,
-                         temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
-                         batch_size=settings.batch_size, n=settings.n, seed=settings.seed)
+        samples = sample(model, tokenizer, prompts, **settings.sample_kwargs(), n=settings.n, seed=settings.seed)
         for row, (text, done) in enumerate(zip(samples.texts, samples.finished.tolist())):
             stop = "eos" if done else "length"
             stops[stop] += 1

@@ -23,7 +23,7 @@ import torch
 
 from align.config import RejectionSamplingRecipe
 from align.data import load_records
-from align.judges import judge_for, score
+from align.judges import judge_for, score_n
 from align.models import load_policy
 from align.run import StageResult, finish_stage, prepare_run_dir
 from align.sampling import sample
@@ -37,12 +37,9 @@ def run(recipe: RejectionSamplingRecipe) -> StageResult:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_policy(recipe.model, trainable=False)
     settings = recipe.generation
-    samples = sample(model.to(device), tokenizer, prompts, max_new_tokens=settings.max_new_tokens,
-                     temperature=settings.temperature, top_p=settings.top_p, top_k=settings.top_k,
-                     batch_size=settings.batch_size, n=settings.n, seed=settings.seed)
-    repeated = [prompt for prompt in prompts for _ in range(settings.n)]
-    scores = score(judge_for(recipe.reward), repeated, samples.texts, samples.finished, recipe.reward).final
-    rows = best_rows(prompts, samples.texts, scores.view(len(prompts), settings.n), recipe.min_gain)
+    samples = sample(model.to(device), tokenizer, prompts, **settings.sample_kwargs(), n=settings.n, seed=settings.seed)
+    scores = score_n(judge_for(recipe.reward), prompts, samples.texts, samples.finished, recipe.reward).final  # (P, N)
+    rows = best_rows(prompts, samples.texts, scores, recipe.min_gain)
     path = Path(recipe.output or out / "best.jsonl")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

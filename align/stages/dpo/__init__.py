@@ -50,7 +50,8 @@ def run(recipe: DPORecipe) -> StageResult:
     trainer, monitor = build_trainer(recipe, model, reference, tokenizer, data.train, data.eval, out)
     metrics: dict[str, Any] = train_with_resume(trainer, recipe.training)
     metrics["dpo/falling_chosen_logps_warnings"] = len(monitor.warnings)
-    metrics.update(_last_logged(trainer, ("rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected")))
+    logged = last_logged(trainer, ("rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected"))
+    metrics.update({f"dpo/{key}": value for key, value in logged.items()})
     warning = held_out_warning(metrics)
     if warning:
         logger.warning(warning)
@@ -107,13 +108,13 @@ def build_trainer(recipe: DPORecipe, model, reference, tokenizer, train, eval_da
     return trainer, monitor
 
 
-def _last_logged(trainer, keys: tuple[str, ...]) -> dict[str, float]:  # noqa: ANN001
-    """The last logged training value of each key, as ``dpo/<key>`` stage metrics."""
+def last_logged(trainer, keys: tuple[str, ...]) -> dict[str, float]:  # noqa: ANN001
+    """The last logged training value of each of ``keys`` that was logged (from the trainer's log history)."""
     found: dict[str, float] = {}
     for entry in reversed(trainer.state.log_history):
         for key in keys:
-            if key in entry and f"dpo/{key}" not in found:
-                found[f"dpo/{key}"] = entry[key]
+            if key in entry:
+                found.setdefault(key, entry[key])
     return found
 
 
@@ -140,4 +141,4 @@ def _evaluate(trainer, recipe: DPORecipe, eval_data, out: Path) -> dict[str, flo
     )
 
 
-__all__ = ["build_trainer", "held_out_warning", "run"]
+__all__ = ["build_trainer", "held_out_warning", "last_logged", "run"]

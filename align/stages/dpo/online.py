@@ -30,12 +30,12 @@ from safetensors.torch import load_file, save_file
 
 from align.config import DataConfig, DPOEvalSettings, DPORecipe, OnlineDPORecipe
 from align.data import load_records
-from align.judges import judge_for, score
+from align.judges import judge_for, score_n
 from align.models import load_policy, load_reference
 from align.ops.dpo import REFERENCE_FREE
 from align.run import StageResult, append_metrics, finish_stage, prepare_run_dir
 from align.sampling import sample
-from align.stages.dpo import build_trainer
+from align.stages.dpo import build_trainer, last_logged
 from align.training import save_final_model
 
 logger = logging.getLogger("align.online_dpo")
@@ -61,7 +61,9 @@ def run(recipe: OnlineDPORecipe) -> StageResult:
         trainer = build_trainer(_round_recipe(recipe, round_dir), model, reference, tokenizer, Dataset.from_list(pairs),
                                 None, round_dir)[0]
         output = trainer.train()
-        stats.update({"online/train_loss": output.training_loss, **_last(trainer, "rewards/margins", "rewards/accuracies")})
+        logged = last_logged(trainer, ("rewards/margins", "rewards/accuracies"))
+        stats.update({"online/train_loss": output.training_loss,
+                      **{f"online/{key.split('/')[-1]}": value for key, value in logged.items()}})
         append_metrics(out, {"step": r * recipe.training.max_steps, "round": r, **stats})
         logger.info("round %d/%d: %s", r, recipe.online.rounds, {k: round(v, 4) for k, v in stats.items()})
         save_file({k: v.detach().contiguous().cpu() for k, v in _trainable(model).items()}, str(round_dir / POLICY_FILE))
@@ -78,11 +80,9 @@ def run(recipe: OnlineDPORecipe) -> StageResult:
 def label_round(model, tokenizer, judge, prompts: list[Any], recipe: OnlineDPORecipe, seed: int):  # noqa: ANN001, ANN201
     """``(pairs, stats)``: each prompt's best and worst sampled answers by the judge, and the round's reward stats."""
     k, generation = recipe.online.samples_per_prompt, recipe.generation
-    samples = sample(model, tokenizer, prompts, n=k, max_new_tokens=generation.max_new_tokens,
-                     temperature=generation.temperature, top_p=generation.top_p, top_k=generation.top_k,
-                     batch_size=generation.batch_size, seed=recipe.training.seed + 100_003 * seed)
-    repeated = [p for p in prompts for _ in range(k)]
-    scores = score(judge, repeated, samples.texts, samples.finished.cpu(), recipe.reward).final.view(len(prompts), k)
+    samples = sample(model, tokenizer, prompts, **generation.sample_kwargs(), n=k,
+                     seed=recipe.training.seed + 100_003 * seed)
+    scores = score_n(judge, prompts, samples.texts, samples.finished, recipe.reward).final  # (P, k)
     pairs = []
     for i, prompt in enumerate(prompts):
         best, worst = int(scores[i].argmax()), int(scores[i].argmin())
@@ -125,12 +125,3 @@ def _resume(model: torch.nn.Module, out: Path) -> int:
     model.load_state_dict(load_file(str(path)), strict=False)
     logger.info("resuming after round %d (%s)", last, path)
     return last
-
-
-def _last(trainer, *keys: str) -> dict[str, float]:  # noqa: ANN001
-    found: dict[str, float] = {}
-    for entry in reversed(trainer.state.log_history):
-        for key in keys:
-            if key in entry:
-                found.setdefault(f"online/{key.split('/')[-1]}", entry[key])
-    return found

@@ -231,9 +231,8 @@ class PPOTrainer:
         gen = self.recipe.generation
         # Under ZeRO-3 this gathers the parameters once for the whole rollout, not per token.
         with unwrapped_for_generation(self.module, self.accelerator) as unwrapped:
-            return sample(unwrapped.policy, self.tokenizer, rows, max_new_tokens=gen.max_new_tokens,
-                          temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k, batch_size=gen.batch_size,
-                          seed=seed, eos_ids=self.eos_token_ids)
+            return sample(unwrapped.policy, self.tokenizer, rows, **gen.sample_kwargs(), seed=seed,
+                          eos_ids=self.eos_token_ids)
 
     @torch.no_grad()
     def _experience(self, samples: Samples, scores: torch.Tensor):  # noqa: ANN202
