@@ -214,10 +214,10 @@ def sample(
                 num_return_sequences=n, eos_token_id=eos, pad_token_id=pad_id, use_cache=True, **decoding,
             )
             responses.append(out[:, batch_ids.shape[1] :])  # (b * n, t): the prompt cut off
-            # Every batch's prompts are padded on to the widest of all, so the batches concatenate.
-            padded_ids, padded_mask = left_pad([x for x in ids[start : start + batch_size] for _ in range(n)], pad_id, width)
-            queries.append(padded_ids)
-            masks.append(padded_mask)
+            # Each prompt once per sample, padded on to the widest prompt of all, so the batches concatenate.
+            extra = (width - batch_ids.shape[1], 0)
+            queries.append(nn.functional.pad(batch_ids.repeat_interleave(n, dim=0), extra, value=pad_id))
+            masks.append(nn.functional.pad(batch_mask.repeat_interleave(n, dim=0), extra, value=0))
     finally:
         model.train(was_training)
     longest = max(r.shape[1] for r in responses)
