@@ -96,7 +96,13 @@ def build_bert_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(CORPUS, trainer=trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
+    # WordPiece training breaks ties between equally frequent merges in hash order, which changes from process to
+    # process (a different vocabulary each session): the vocabulary is the corpus's words plus every character,
+    # alone and as a continuation, numbered in a fixed order.
+    words = {w for text in CORPUS for w, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text))}
+    chars = {c for word in words for c in word}
+    learned = sorted(words | chars | {"##" + c for c in chars})[: vocab_size - len(specials)]
+    tok.model = models.WordPiece({t: i for i, t in enumerate(specials + learned)}, unk_token="[UNK]")
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
