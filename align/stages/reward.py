@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, TaskType, get_peft_model
-from transformers import TrainingArguments
+from transformers import TrainingArguments, set_seed
 
 from align.config import DataConfig, PerturbationSettings, RewardRecipe
 from align.data import DataError, load_records
@@ -47,6 +47,7 @@ def run(recipe: RewardRecipe) -> StageResult:
     if recipe.training.eval_steps is not None and not eval_units:
         raise DataError("data", f"training.eval_steps={recipe.training.eval_steps} needs eval data, and the split gave none")
 
+    set_seed(recipe.training.seed)  # the head's initial weights come from the recipe's seed, not the process's past
     model = build_model(recipe)
     tokenizer = model.tokenizer
     options = recipe.reward
