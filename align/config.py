@@ -373,8 +373,14 @@ class RLTrainingConfig(TrainingConfig):
 
 
 class JudgeSettings(Section):
-    judge: str = Field(
-        ..., description="An `align reward` output directory, or 'module:function' taking (prompts, responses) -> floats."
+    judge: str | list[str] = Field(
+        ..., description="An `align reward` output directory, or 'module:function' taking (prompts, responses) -> floats; "
+        "a list of them is an ensemble: the score is the members' mean and their standard deviation is reported as "
+        "the disagreement.",
+    )
+    ensemble_penalty: float = Field(
+        0.0, ge=0, description="Ensemble only: score = mean - this x the members' standard deviation, so a policy is not "
+        "paid for what the members disagree on (uncertainty-weighted optimisation, Coste et al. 2023).",
     )
     batch_size: int = Field(32, gt=0, description="Pairs per reward-model forward pass.")
     normalize: bool = Field(True, description="Reward model only: apply its training-set normalisation (mean 0, std 1).")
@@ -386,6 +392,14 @@ class JudgeSettings(Section):
         "it stays in proportion to the judge's spread.",
     )
     clip: float | None = Field(None, gt=0, description="Clip scores to [-clip, clip] after the penalty.")
+
+    @model_validator(mode="after")
+    def _ensemble_has_members(self) -> "JudgeSettings":
+        if isinstance(self.judge, list) and not self.judge:
+            raise ValueError("judge: an ensemble needs at least one member (got an empty list)")
+        if self.ensemble_penalty and not isinstance(self.judge, list):
+            raise ValueError(f"ensemble_penalty={self.ensemble_penalty} needs judge to be a list of members")
+        return self
 
 
 class SamplingSettings(Section):

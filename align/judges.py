@@ -13,7 +13,10 @@ shape (N,) on CPU. A spec is either
 - a directory written by ``align reward``: a ``reward_models.RewardScorer`` (it tokenises the
   text itself, so it never needs the policy's tokenizer), or
 - ``module:function``: an importable callable with that signature returning a list or tensor
-  of floats, for research and tests (e.g. ``mypkg.rewards:length_penalty``).
+  of floats, for research and tests (e.g. ``mypkg.rewards:length_penalty``), or
+- a list of those: an ``Ensemble``. Its score is the members' mean (less ``ensemble_penalty``
+  times their standard deviation), and ``Scores.disagreement`` carries that deviation so PPO and
+  eval can report where the members disagree, the place a policy learns to game them.
 
 PPO, GRPO, labeling's auto-judge and eval all load their judges here.
 """
@@ -41,10 +44,34 @@ class JudgeError(ValueError):
 
 @dataclass
 class Scores:
-    """A judge's scores of N responses, (N,) float32 on CPU each: as returned, and after penalty and clip."""
+    """A judge's scores of N responses, (N,) float32 on CPU each: as returned, and after penalty and clip.
+
+    ``disagreement``: an ensemble's per-response standard deviation over its members, else None.
+    """
 
     raw: torch.Tensor
     final: torch.Tensor
+    disagreement: torch.Tensor | None = None
+
+
+class Ensemble:
+    """Several judges as one: score = members' mean - ``penalty`` x their standard deviation."""
+
+    def __init__(self, members: Sequence[Judge], penalty: float = 0.0) -> None:
+        self.members, self.penalty = list(members), penalty
+        self.__name__ = f"ensemble of {len(self.members)}"
+
+    def member_scores(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        """(M, N): every member's scores of the N responses."""
+        return torch.stack([member(prompts, responses).float().cpu().reshape(-1) for member in self.members])
+
+    def combine(self, by_member: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M, N) member scores -> the (N,) ensemble score and the (N,) disagreement."""
+        spread = by_member.std(dim=0, unbiased=False)
+        return by_member.mean(dim=0) - self.penalty * spread, spread
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        return self.combine(self.member_scores(prompts, responses))[0]
 
 
 def score(judge: Judge, prompts: Sequence[Any], responses: Sequence[Any], finished: Any = None,
@@ -56,7 +83,12 @@ def score(judge: Judge, prompts: Sequence[Any], responses: Sequence[Any], finish
     over these N responses when ``missing_eos_penalty_unit`` is ``std``). Scores are then clipped to
     ``[-settings.clip, settings.clip]`` when set. ``settings`` None: the raw scores.
     """
-    raw = judge([prompt_text(p) for p in prompts], [response_text(r) for r in responses]).float().cpu().reshape(-1)
+    texts = [prompt_text(p) for p in prompts], [response_text(r) for r in responses]
+    disagreement = None
+    if isinstance(judge, Ensemble):
+        raw, disagreement = judge.combine(judge.member_scores(*texts))
+    else:
+        raw = judge(*texts).float().cpu().reshape(-1)
     final = raw
     if settings is not None and settings.missing_eos_penalty is not None and finished is not None:
         unfinished = ~torch.as_tensor(finished, dtype=torch.bool).cpu().reshape(-1)
@@ -66,7 +98,7 @@ def score(judge: Judge, prompts: Sequence[Any], responses: Sequence[Any], finish
         final = final - penalty * unfinished.float()
     if settings is not None and settings.clip is not None:
         final = final.clamp(-settings.clip, settings.clip)
-    return Scores(raw=raw, final=final)
+    return Scores(raw=raw, final=final, disagreement=disagreement)
 
 
 def score_n(judge: Judge, prompts: Sequence[Any], responses: Sequence[Any], finished: Any = None,
@@ -79,12 +111,17 @@ def score_n(judge: Judge, prompts: Sequence[Any], responses: Sequence[Any], fini
         raise ValueError(f"{len(responses)} responses for {len(prompts)} prompts: need the same number for each")
     n = len(responses) // len(prompts)
     scores = score(judge, [prompt for prompt in prompts for _ in range(n)], responses, finished, settings)
-    return Scores(raw=scores.raw.view(-1, n), final=scores.final.view(-1, n))
+    spread = scores.disagreement.view(-1, n) if scores.disagreement is not None else None
+    return Scores(raw=scores.raw.view(-1, n), final=scores.final.view(-1, n), disagreement=spread)
 
 
 def judge_for(settings: JudgeSettings, device: str | None = None) -> Judge:
-    """``load_judge`` with a recipe's ``reward`` section (batch size and normalisation apply to a reward model)."""
-    return load_judge(settings.judge, batch_size=settings.batch_size, normalize=settings.normalize, device=device)
+    """``load_judge`` with a recipe's ``reward`` section (batch size and normalisation apply to a reward model);
+    a list of specs is an ``Ensemble`` with the section's ``ensemble_penalty``."""
+    specs = settings.judge if isinstance(settings.judge, list) else [settings.judge]
+    judges = [load_judge(spec, batch_size=settings.batch_size, normalize=settings.normalize, device=device)
+              for spec in specs]
+    return Ensemble(judges, settings.ensemble_penalty) if isinstance(settings.judge, list) else judges[0]
 
 
 def load_judge(spec: str, *, batch_size: int = 32, normalize: bool = True, device: str | None = None) -> Judge:

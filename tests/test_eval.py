@@ -191,3 +191,17 @@ def test_best_of_n_beats_its_model_with_the_analytic_kl(models: dict[str, Path],
     assert m["eval/best_of_4/kl"] == pytest.approx(math.log(4) - 3 / 4)  # 0.636 nats
     with pytest.raises(RecipeError, match="best_of=4 needs a selector"):
         validate(EvalRecipe, {**recipe, "policies": [{"model": {"name_or_path": "m"}, "best_of": 4}]})
+
+
+def count_vowels(prompts: list[str], responses: list[str]) -> list[float]:
+    return [float(sum(c in "aeiou" for c in r)) for r in responses]
+
+
+def test_an_ensemble_judge_reports_its_disagreement(models: dict[str, Path], tmp_path: Path) -> None:
+    recipe = _recipe(models, tmp_path / "ens", num_prompts=8).model_dump()
+    recipe["reward"] = {"judge": ["test_eval:count_letters", "test_eval:count_vowels"]}
+    recipe["report"]["runs"] = []
+    result = run(validate(EvalRecipe, recipe))
+    assert result.metrics["eval/better/disagreement"] > 0
+    report = (tmp_path / "ens" / "report.md").read_text()
+    assert "(ensemble of 2)" in report and "Ensemble disagreement" in report

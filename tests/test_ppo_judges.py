@@ -74,3 +74,38 @@ def test_reward_model_directory_scores_text(tiny_bert_dir: Path, tmp_path: Path)
     scores = judge(prompts, responses)
     assert scores.shape == (2,) and scores.dtype == torch.float32
     assert_close(scores, RewardScorer.from_pretrained(tmp_path / "rm", device="cpu").score(prompts, responses))
+
+
+def count_a(prompts: list[str], responses: list[str]) -> list[float]:
+    return [float(response.count("a")) for response in responses]
+
+
+def test_an_ensemble_scores_the_mean_less_its_spread_and_reports_the_spread() -> None:
+    from align.config import JudgeSettings
+    from align.judges import Ensemble, judge_for, score, score_n
+
+    settings = JudgeSettings(judge=["test_ppo_judges:count_e", "test_ppo_judges:count_a"], ensemble_penalty=0.5)
+    judge = judge_for(settings)
+    assert isinstance(judge, Ensemble)
+    # e-counts [2, 0, 1], a-counts [0, 0, 3]: mean [1, 0, 2], spread [1, 0, 1]
+    scores = score(judge, ["p"] * 3, ["eel", "xyz", "eaaa"], settings=settings)
+    assert_close(scores.disagreement, torch.tensor([1.0, 0.0, 1.0]))
+    assert_close(scores.raw, torch.tensor([0.5, 0.0, 1.5]))
+    assert_close(judge(["p"], ["eaaa"]), torch.tensor([1.5]))  # called directly, as GRPO and best-of-N do
+    by_prompt = score_n(judge, ["p"], ["eel", "xyz", "eaaa"], settings=settings)
+    assert by_prompt.disagreement.shape == (1, 3)
+    # One member: no spread, the member's own scores; a single judge reports no disagreement.
+    assert_close(score(judge_for(JudgeSettings(judge=["test_ppo_judges:count_e"])), ["p"], ["eel"]).disagreement,
+                 torch.tensor([0.0]))
+    assert score(load_judge("test_ppo_judges:count_e"), ["p"], ["eel"]).disagreement is None
+
+
+def test_ensemble_settings_errors_name_the_key() -> None:
+    from pydantic import ValidationError
+
+    from align.config import JudgeSettings
+
+    with pytest.raises(ValidationError, match="at least one member"):
+        JudgeSettings(judge=[])
+    with pytest.raises(ValidationError, match="ensemble_penalty=0.5 needs judge to be a list"):
+        JudgeSettings(judge="test_ppo_judges:count_e", ensemble_penalty=0.5)

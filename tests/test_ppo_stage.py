@@ -282,3 +282,12 @@ def test_value_warmup_trains_only_the_value_head_at_its_own_rate(tiny_llama_dir:
     trainer.iteration = 1  # warm-up over: the policy trains
     trainer.step()
     assert any(not torch.equal(p, policy_before[n]) for n, p in module.policy.named_parameters())
+
+
+def test_an_ensemble_judge_logs_its_disagreement(tiny_llama_dir: Path, prompts_file: Path, tmp_path: Path) -> None:
+    recipe = make_recipe(tiny_llama_dir, prompts_file, tmp_path / "ensemble",
+                         reward={"judge": ["test_ppo_judges:count_e", "test_ppo_judges:count_a"]},
+                         ppo={"rollouts_per_iteration": 16, "epochs": 1}, training={"max_steps": 1})
+    metrics = PPOTrainer(recipe).step()
+    assert metrics["reward/disagreement"] > 0  # 'e' and 'a' counts differ on some of 16 random responses
+    assert read_metrics(tmp_path / "ensemble")[-1]["reward/disagreement"] == pytest.approx(metrics["reward/disagreement"])

@@ -59,6 +59,7 @@ class Responses:
     tokens: torch.Tensor  # (N,) response length, EOS included
     finished: torch.Tensor  # (N,) bool
     rewards: torch.Tensor | None = None  # (N,) judge scores
+    disagreement: torch.Tensor | None = None  # (N,) an ensemble judge's spread over its members
     greedy: list[str] | None = None  # greedy answers to the report's sample prompts
 
 
@@ -186,7 +187,8 @@ def score_responses(recipe: EvalRecipe, prompts: list[Prompt], results: dict[str
     """Judge every response (one call per model) with ``align.judges.score``, as PPO does."""
     judge = judge_for(recipe.reward)
     for responses in results.values():
-        responses.rewards = score(judge, prompts, responses.texts, responses.finished, recipe.reward).final
+        scores = score(judge, prompts, responses.texts, responses.finished, recipe.reward)
+        responses.rewards, responses.disagreement = scores.final, scores.disagreement
 
 
 def summarize(results: dict[str, Responses]) -> dict[str, Any]:
@@ -203,6 +205,8 @@ def summarize(results: dict[str, Responses]) -> dict[str, Any]:
             metrics[prefix + "reward"] = res.rewards.mean().item()
             n = res.rewards.numel()
             metrics[prefix + "reward_se"] = res.rewards.std(unbiased=False).item() / math.sqrt(n) if n > 1 else 0.0
+            if res.disagreement is not None:  # high where a policy found what the members disagree on
+                metrics[prefix + "disagreement"] = res.disagreement.mean().item()
             if label != BASELINE:
                 rate, se = win_rate_and_se(res.rewards, baseline.rewards)
                 metrics[prefix + "win_rate"], metrics[prefix + "win_rate_se"] = rate, se
@@ -264,7 +268,10 @@ def report(recipe: EvalRecipe, prompts: list[Prompt], results: dict[str, Respons
     """The markdown report: settings, summary table, plots, sample tables."""
     gen = recipe.generation
     baseline = (recipe.baseline or recipe.reference).name_or_path
-    judge = f"`{recipe.reward.judge}`" if recipe.reward else "none (no win rate or reward)"
+    judge = "none (no win rate or reward)"
+    if recipe.reward is not None:
+        specs = recipe.reward.judge if isinstance(recipe.reward.judge, list) else [recipe.reward.judge]
+        judge = ", ".join(f"`{spec}`" for spec in specs) + (f" (ensemble of {len(specs)})" if len(specs) > 1 else "")
     lines = [
         f"# Evaluation on {len(prompts)} held-out prompts", "",
         f"- judge: {judge}",
@@ -280,6 +287,11 @@ def report(recipe: EvalRecipe, prompts: list[Prompt], results: dict[str, Respons
         lines.append(f"| {label} | {_pm(metrics, p + 'win_rate')} | {_pm(metrics, p + 'reward')} | "
                      f"{metrics[p + 'kl']:.3f} | {metrics[p + 'kl_full_vocab']:.3f} | "
                      f"{metrics[p + 'response_tokens']:.1f} | {metrics[p + 'finished_frac']:.0%} |")
+    spread = [f"{label} {metrics[f'eval/{label}/disagreement']:.3f}" for label in results
+              if f"eval/{label}/disagreement" in metrics]
+    if spread:
+        lines += ["", "Ensemble disagreement (standard deviation of the members' scores, mean over prompts; "
+                  "a policy far above the baseline has found what the members disagree on): " + ", ".join(spread) + "."]
     lines += [
         "",
         "Win rate: share of prompts where the model's response scores above the baseline's (ties count half), "

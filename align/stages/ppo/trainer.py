@@ -206,6 +206,8 @@ class PPOTrainer:
             "ppo/advantage_std": masked_var(exp.advantages, mask).sqrt(),
             **update_stats,
         }
+        if scores.disagreement is not None:  # rising: the policy is finding what the ensemble disagrees on
+            metrics["reward/disagreement"] = scores.disagreement.mean()
         metrics = self._reduce(metrics)
         metrics["ppo/kl_coef"] = self.kl_ctl.value  # the beta these rewards used
         self.kl_ctl.update(metrics["ppo/kl"], recipe.ppo.rollouts_per_iteration * acc.num_processes)
