@@ -1,4 +1,4 @@
-"""PPO iteration time (generation / scoring / training), samples/s and peak RSS on SmolLM2-135M, against TRL.
+"""PPO iteration time (generation / scoring / old log-probs / reference / training), samples/s and peak RSS on SmolLM2-135M, against TRL.
 
     python benchmarks/bench_ppo.py --peer-python /tmp/trl112-venv/bin/python   # 3 iterations: head, separate, TRL
     python benchmarks/bench_ppo.py --iterations 5 --configs head --threads 2    # ours only
@@ -75,8 +75,8 @@ def one_config(name: str, iterations: int, threads: int, work: Path) -> dict:
         trainer.iteration += 1
     rest = rows[1:] or rows
     mean = {k: sum(r[k] for r in rest) / len(rest) for k in
-            ("time/iteration", "time/generation", "time/scoring", "time/experience", "time/training",
-             "perf/samples_per_s", "ppo/response_length")}
+            ("time/iteration", "time/generation", "time/scoring", "time/experience", "time/reference",
+             "time/training", "perf/samples_per_s", "ppo/response_length")}
     return {
         "config": name, "threads": threads, "setup_s": round(setup, 1),
         "first_iteration_s": round(rows[0]["time/iteration"], 2),
@@ -121,6 +121,7 @@ def main() -> None:
             print("peer skipped: pass --peer-python DIR/bin/python, a venv with trl==1.12.0 (this file's docstring "
                   "says how to make it)", file=sys.stderr)
     _print_table([r for r in results if r], peer)
+    _print_split([r for r in results if r])
 
 
 def _child(name: str, cmd: list[str]) -> dict | None:
@@ -149,6 +150,20 @@ def _print_table(ours: list[dict], peer: dict | None) -> None:
         else:
             cells += [""] * 3
         print("| " + " | ".join(cells) + " |")
+
+
+def _print_split(ours: list[dict]) -> None:
+    """Where an iteration of ours goes: seconds and share of the iteration per phase."""
+    phases = {"generation": ["time/generation"], "scoring": ["time/scoring"],
+              "old log-probs and values": ["time/experience", "-time/reference"], "reference": ["time/reference"],
+              "training": ["time/training"]}
+    print("\n| run | " + " | ".join(phases) + " |\n|---|" + "---|" * len(phases))
+    for row in ours:
+        cells = []
+        for keys in phases.values():
+            seconds = sum(-row[k[1:]] if k.startswith("-") else row[k] for k in keys)
+            cells.append(f"{seconds:.2f} s ({seconds / row['time/iteration']:.0%})")
+        print(f"| {row['config']} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

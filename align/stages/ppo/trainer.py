@@ -186,7 +186,7 @@ class PPOTrainer:
         final = scores.final
         if recipe.ppo.normalize_scores:  # kl_coef then means the same for any judge's scale
             final = (final - final.mean()) / (final.std(unbiased=False) + 1e-8)
-        exp, kl, rewards = self._experience(samples, final.to(acc.device))
+        exp, kl, rewards, reference_s = self._experience(samples, final.to(acc.device))
         t3 = time.perf_counter()
         update_stats = self._update(exp)
         t4 = time.perf_counter()
@@ -216,7 +216,8 @@ class PPOTrainer:
             "ppo/lr": self.scheduler.get_last_lr()[0],
             "time/generation": t1 - t0,
             "time/scoring": t2 - t1,
-            "time/experience": t3 - t2,
+            "time/experience": t3 - t2,  # old log-probs and values, plus the reference:
+            "time/reference": reference_s,
             "time/training": t4 - t3,
             "time/iteration": t4 - t0,
             "perf/samples_per_s": n_samples / max(t4 - t0, 1e-9),
@@ -242,14 +243,17 @@ class PPOTrainer:
         sequences, attention_mask = samples.sequences, samples.attention_mask  # (B, P + T)
         response_ids, mask, T = samples.response_ids, samples.response_mask, samples.response_ids.shape[1]
         logprobs, ref_logprobs, values = [], [], []
+        reference_s = 0.0
         micro = self.recipe.training.per_device_batch_size
         for s in range(0, sequences.shape[0], micro):
             seq, att, ids = sequences[s : s + micro], attention_mask[s : s + micro], response_ids[s : s + micro]
             logits, vals = self.module(seq, att, T, temperature)
             logprobs.append(token_logprobs(logits, ids))
             values.append(vals.float())
+            started = time.perf_counter()
             ref_logits = self._reference_logits(seq, att, T) / temperature
             ref_logprobs.append(token_logprobs(ref_logits, ids))
+            reference_s += time.perf_counter() - started
         old_logprobs, ref_lp, old_values = torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
 
         kl = ppo_ops.kl_estimate(old_logprobs, ref_lp, ppo.kl_estimator) * mask  # (B, T)
@@ -261,7 +265,7 @@ class PPOTrainer:
             advantages = masked_whiten(advantages, mask)
         exp = Experience(sequences, attention_mask, response_ids, mask, old_logprobs, old_values * mask,
                          advantages, returns)
-        return exp, kl, rewards
+        return exp, kl, rewards, reference_s
 
     def _reference_logits(self, seq: torch.Tensor, att: torch.Tensor, T: int) -> torch.Tensor:
         if self.reference is not None:
