@@ -116,22 +116,25 @@ def score_n(judge: Judge, prompts: Sequence[Any], responses: Sequence[Any], fini
 
 
 def judge_for(settings: JudgeSettings, device: str | None = None) -> Judge:
-    """``load_judge`` with a recipe's ``reward`` section (batch size and normalisation apply to a reward model);
-    a list of specs is an ``Ensemble`` with the section's ``ensemble_penalty``."""
+    """``load_judge`` with a recipe's ``reward`` section (batch size, normalisation and precision apply to a
+    reward model); a list of specs is an ``Ensemble`` with the section's ``ensemble_penalty``."""
     specs = settings.judge if isinstance(settings.judge, list) else [settings.judge]
-    judges = [load_judge(spec, batch_size=settings.batch_size, normalize=settings.normalize, device=device)
+    judges = [load_judge(spec, batch_size=settings.batch_size, normalize=settings.normalize,
+                         precision=settings.precision, device=device)
               for spec in specs]
     return Ensemble(judges, settings.ensemble_penalty) if isinstance(settings.judge, list) else judges[0]
 
 
-def load_judge(spec: str, *, batch_size: int = 32, normalize: bool = True, device: str | None = None) -> Judge:
+def load_judge(spec: str, *, batch_size: int = 32, normalize: bool = True, precision: str = "float32",
+               device: str | None = None) -> Judge:
     """Resolve ``spec`` (a directory or ``module:function``) to a judge; errors name the spec.
 
-    ``batch_size``, ``normalize`` and ``device`` apply to a reward-model directory only.
+    ``batch_size``, ``normalize``, ``precision`` and ``device`` apply to a reward-model directory only.
     """
     path = Path(spec).expanduser()
     if path.is_dir():
-        return _reward_model_judge(path, batch_size=batch_size, normalize=normalize, device=device)
+        return _reward_model_judge(path, batch_size=batch_size, normalize=normalize, precision=precision,
+                                   device=device)
     module_name, sep, attr = spec.partition(":")
     if sep and module_name and attr and "/" not in module_name:
         return _callable_judge(spec, module_name, attr)
@@ -141,11 +144,13 @@ def load_judge(spec: str, *, batch_size: int = 32, normalize: bool = True, devic
     )
 
 
-def _reward_model_judge(path: Path, *, batch_size: int, normalize: bool, device: str | None) -> Judge:
+def _reward_model_judge(path: Path, *, batch_size: int, normalize: bool, precision: str,
+                        device: str | None) -> Judge:
     from reward_models import RewardScorer
 
     try:
-        scorer = RewardScorer.from_pretrained(path, device=device, batch_size=batch_size, normalize=normalize)
+        scorer = RewardScorer.from_pretrained(path, device=device, batch_size=batch_size, normalize=normalize,
+                                              precision=precision)
     except (OSError, ValueError, KeyError) as err:
         raise JudgeError(f"reward judge {str(path)!r}: cannot load a reward model from it: {err}") from err
 

@@ -110,3 +110,101 @@ def test_save_load_round_trip(model, tmp_path):
 def test_not_a_reward_model_dir(tiny_bert_dir):
     with pytest.raises(FileNotFoundError, match="reward_config.json"):
         RewardScorer.from_pretrained(tiny_bert_dir)
+
+
+# --------------------------------------------------------------------------- precision and length buckets
+
+
+@pytest.mark.parametrize(
+    "precision, atol",
+    # bf16 keeps 8 bits of mantissa (relative error 2^-9 per rounding) on activations entering each matmul;
+    # on the tiny model's scores (|score| < 1) the measured gap is ~1.5e-3, int8 per-channel ~2e-4.
+    [("bfloat16", 1e-2), ("int8", 1e-2)],
+)
+def test_reduced_precision_scores_close_to_float32(model, precision, atol):
+    prompts, responses = PROMPTS * 3, RESPONSES[::-1] * 3
+    reference = RewardScorer(model, batch_size=4).score(prompts, responses)
+    scores = RewardScorer(model, batch_size=4, precision=precision).score(prompts, responses)
+    assert scores.dtype == torch.float32 and scores.shape == reference.shape
+    assert_close(scores, reference, atol=atol, rtol=0)
+    assert not torch.equal(scores, reference)  # the option did change the arithmetic
+
+
+def test_int8_quantises_a_copy_and_leaves_the_model_alone(model):
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    before = RewardScorer(model).score(PROMPTS, RESPONSES)
+    scorer = RewardScorer(model, precision="int8")
+    linears = [m for m in scorer.model.encoder.modules() if isinstance(m, (torch.nn.Linear, DynamicQuantizedLinear))]
+    assert linears and all(isinstance(m, DynamicQuantizedLinear) for m in linears)
+    assert type(scorer.model.head) is torch.nn.Linear  # the head stays float32
+    assert not any(isinstance(m, DynamicQuantizedLinear) for m in model.modules())
+    assert_close(RewardScorer(model).score(PROMPTS, RESPONSES), before, atol=0, rtol=0)
+
+
+def test_unknown_precision_names_the_key(model, tmp_path):
+    from align.config import PPORecipe
+    from align.recipe import RecipeError, load_recipe
+
+    with pytest.raises(ValueError, match=r"precision='fp16' is not one of float32, bfloat16, int8"):
+        RewardScorer(model, precision="fp16")
+    with pytest.raises(ValueError, match=r"precision='int8' runs on CPU only"):
+        RewardScorer(model, device="cuda", precision="int8")
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "ppo.yaml"
+    with pytest.raises(RecipeError, match=r"reward\.precision: Input should be 'float32', 'bfloat16' or 'int8'"):
+        load_recipe(PPORecipe, recipe, ["reward.precision=fp16"])
+
+
+def test_schema_and_scorer_offer_the_same_precisions():
+    from typing import get_args
+
+    from align.config import JudgeSettings
+    from reward_models.scorer import PRECISIONS
+
+    assert get_args(JudgeSettings.model_fields["precision"].annotation) == PRECISIONS
+
+
+def test_judge_settings_reach_the_scorer(model, tmp_path):
+    from align.config import JudgeSettings
+    from align.judges import judge_for
+
+    model.save_pretrained(tmp_path / "rm")
+    judge = judge_for(JudgeSettings(judge=str(tmp_path / "rm"), batch_size=2, precision="bfloat16"), device="cpu")
+    assert judge.scorer.precision == "bfloat16" and judge.scorer.batch_size == 2
+    assert_close(judge(["yes"], ["good"]), RewardScorer(model).score(["yes"], ["good"]), atol=1e-2, rtol=0)
+
+
+def brute_force_buckets(lengths: list[int], max_batch: int, forward_cost: float) -> float:
+    """The cheapest split's cost, trying every way to cut the sorted lengths (the reference for the DP)."""
+    if not lengths:
+        return 0.0
+    return min(
+        k * lengths[k - 1] + forward_cost + brute_force_buckets(lengths[k:], max_batch, forward_cost)
+        for k in range(1, min(max_batch, len(lengths)) + 1)
+    )
+
+
+def test_length_buckets_is_the_cheapest_split():
+    from reward_models.scorer import length_buckets
+
+    # Worked by hand: 3 * 4 + 8 and 1 * 16 + 8 is 44; one batch of 4 padded to 16 is 4 * 16 + 8 = 72.
+    assert length_buckets([4, 4, 4, 16], 4, 8) == [range(0, 3), range(3, 4)]
+    assert length_buckets([5, 5, 5, 5, 5], 2, 8) == [range(0, 1), range(1, 3), range(3, 5)]
+    assert length_buckets([], 4, 8) == []
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        lengths = sorted(torch.randint(1, 40, (int(torch.randint(1, 9, (1,), generator=rng)),), generator=rng).tolist())
+        max_batch, cost = int(torch.randint(1, 5, (1,), generator=rng)), float(torch.randint(0, 30, (1,), generator=rng))
+        buckets = length_buckets(lengths, max_batch, cost)
+        assert [i for b in buckets for i in b] == list(range(len(lengths)))  # consecutive, every pair once
+        assert all(1 <= len(b) <= max_batch for b in buckets)
+        assert sum(len(b) * lengths[b.stop - 1] + cost for b in buckets) == brute_force_buckets(lengths, max_batch, cost)
+
+
+def test_length_buckets_cut_a_mixed_batch(model):
+    # Eight short pairs and one long one in a batch of 16: the long one gets its own forward.
+    scorer = RewardScorer(model, batch_size=16)
+    assert scorer._buckets([10] * 8 + [60]) == [range(0, 8), range(8, 9)]
+    prompts, responses = ["yes"] * 8 + [PROMPTS[0]], ["good"] * 8 + [RESPONSES[1]]
+    assert_close(scorer.score(prompts, responses), RewardScorer(model, batch_size=1).score(prompts, responses),
+                 atol=1e-5, rtol=0)
