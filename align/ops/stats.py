@@ -75,20 +75,27 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     return 1 - masked_var(returns - values, mask, unbiased=False) / var_returns
 
 
-def win_outcomes(scores: torch.Tensor, baseline_scores: torch.Tensor) -> torch.Tensor:
-    """Per prompt: 1 if ``scores`` beats the baseline, 0.5 on a tie, 0 otherwise; both ``(N,)`` -> ``(N,)``."""
+def win_outcomes(scores: torch.Tensor, baseline_scores: torch.Tensor, same: torch.Tensor | None = None) -> torch.Tensor:
+    """Per prompt: 1 if ``scores`` beats the baseline, 0.5 on a tie, 0 otherwise; both ``(N,)`` -> ``(N,)``.
+
+    ``same`` (N bools): responses identical to the baseline's, a tie whatever their scores say: a
+    reward model scoring one text in two differently padded batches can differ in the last bits.
+    """
     if scores.shape != baseline_scores.shape or scores.numel() == 0:
         raise ValueError(f"need two equal, non-empty score vectors, got {tuple(scores.shape)} and "
                          f"{tuple(baseline_scores.shape)}")
-    return (scores > baseline_scores).float() + 0.5 * (scores == baseline_scores).float()
+    outcomes = (scores > baseline_scores).float() + 0.5 * (scores == baseline_scores).float()
+    return outcomes if same is None else torch.where(same.to(outcomes.device), 0.5, outcomes)
 
 
-def win_rate_and_se(scores: torch.Tensor, baseline_scores: torch.Tensor) -> tuple[float, float]:
+def win_rate_and_se(scores: torch.Tensor, baseline_scores: torch.Tensor,
+                    same: torch.Tensor | None = None) -> tuple[float, float]:
     """Win rate (ties count half) and its standard error ``std(outcomes) / sqrt(N)`` (population std; 0 for N=1).
 
     [2, 1, 1] vs [1, 1, 3] -> outcomes [1, 0.5, 0]: rate 0.5, se sqrt(1/6) / sqrt(3) = 0.2357.
+    ``same``: see ``win_outcomes``.
     """
-    outcomes = win_outcomes(scores, baseline_scores).double()
+    outcomes = win_outcomes(scores, baseline_scores, same).double()
     n = outcomes.numel()
     se = float(outcomes.std(unbiased=False)) / math.sqrt(n) if n > 1 else 0.0
     return float(outcomes.mean()), se

@@ -208,7 +208,8 @@ def summarize(results: dict[str, Responses]) -> dict[str, Any]:
             if res.disagreement is not None:  # high where a policy found what the members disagree on
                 metrics[prefix + "disagreement"] = res.disagreement.mean().item()
             if label != BASELINE:
-                rate, se = win_rate_and_se(res.rewards, baseline.rewards)
+                same = torch.tensor([a == b for a, b in zip(res.texts, baseline.texts)])
+                rate, se = win_rate_and_se(res.rewards, baseline.rewards, same)
                 metrics[prefix + "win_rate"], metrics[prefix + "win_rate_se"] = rate, se
     return metrics
 
