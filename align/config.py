@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -424,6 +424,8 @@ class GenerationSettings(SamplingSettings):
 
 
 class ValueSettings(Section):
+    HEAD_LEARNING_RATE: ClassVar[float] = 1e-3
+
     model: Literal["head", "separate"] = Field(
         "head", description="'head': a linear value head on the policy's trunk; 'separate': its own trunk plus head."
     )
@@ -431,12 +433,19 @@ class ValueSettings(Section):
         None, description="'separate': starting weights of the critic (a causal LM with the policy's tokenizer); default the policy's."
     )
     learning_rate: float | None = Field(
-        None, gt=0, description="Learning rate of the value head (and critic); default: training.learning_rate. "
-        "A zero-initialised head learns nothing at a policy's 1e-6..1e-5.",
+        None, gt=0, description="Learning rate of the value head (and critic). Default: HEAD_LEARNING_RATE (1e-3) for "
+        "'head', training.learning_rate for a 'separate' critic. At a policy's rate a zero-initialised head learns "
+        "nothing: on the alignment benchmark its explained variance stayed at 0.00-0.03 with 1e-4, 0.1-0.4 with 1e-3.",
     )
     warmup_iterations: int = Field(
         0, ge=0, description="First N iterations train only the value model (no policy loss, no gradient into a shared trunk)."
     )
+
+    def rate(self, policy_learning_rate: float) -> float:
+        """The value model's learning rate: as set, else the default for its kind."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return self.HEAD_LEARNING_RATE if self.model == "head" else policy_learning_rate
 
 
 class PPOSettings(Section):

@@ -291,3 +291,11 @@ def test_an_ensemble_judge_logs_its_disagreement(tiny_llama_dir: Path, prompts_f
     metrics = PPOTrainer(recipe).step()
     assert metrics["reward/disagreement"] > 0  # 'e' and 'a' counts differ on some of 16 random responses
     assert read_metrics(tmp_path / "ensemble")[-1]["reward/disagreement"] == pytest.approx(metrics["reward/disagreement"])
+
+
+def test_a_value_head_defaults_to_its_own_rate_and_a_separate_critic_to_the_policys() -> None:
+    from align.config import ValueSettings
+
+    assert ValueSettings().rate(1e-5) == pytest.approx(1e-3)  # zero-initialised head: learns nothing at 1e-5
+    assert ValueSettings(model="separate").rate(1e-5) == pytest.approx(1e-5)  # a whole trunk: the policy's rate
+    assert ValueSettings(learning_rate=3e-4).rate(1e-5) == pytest.approx(3e-4)

@@ -444,8 +444,7 @@ def _parameter_groups(module: PolicyAndValue, recipe: PPORecipe) -> list[dict[st
     trainable = [p for p in module.parameters() if p.requires_grad]
     groups = [{"params": [p for p in trainable if id(p) not in value_ids]},
               {"params": [p for p in trainable if id(p) in value_ids]}]
-    if recipe.value.learning_rate is not None:
-        groups[1]["lr"] = recipe.value.learning_rate
+    groups[1]["lr"] = recipe.value.rate(recipe.training.learning_rate)
     return [group for group in groups if group["params"]]
 
 
