@@ -37,14 +37,15 @@ from checkout import ROOT  # noqa: F401 - offline env and the checkout on sys.pa
 
 import torch
 
-from align.config import DPORecipe, EvalRecipe, GenerateRecipe, PPORecipe, RewardRecipe
+from align.config import DPORecipe, EvalRecipe, GenerateRecipe, GRPORecipe, PPORecipe, RewardRecipe
 from align.recipe import validate
 from align.run import StageResult, read_metrics, setup_logging
 from benchmarks.gold import gold, prompts
 
 START = "smollm2-135m-instruct"
 GOLD = "benchmarks.gold:gold"
-STEPS = ("candidates", "labels", "rm", "dpo", "ppo", "eval", "report")
+TRAINED = ("dpo-", "ppo-", "grpo-")  # run-directory prefixes of trained policies
+STEPS = ("candidates", "labels", "rm", "dpo", "ppo", "grpo", "eval", "report")
 logger = logging.getLogger("bench.alignment")
 
 
@@ -54,14 +55,31 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", default="", help="comma-separated steps to redo even if done: " + ",".join(STEPS))
     parser.add_argument("--labels", default="100,250,500,1000", help="reward-model learning-curve sizes")
-    parser.add_argument("--rm-methods", default="full,feature_extraction", help="also: partial, lora")
+    parser.add_argument("--rm-methods", default="full,feature_extraction",
+                        help="encoder methods (also partial, lora), each optionally @epochs and :labels: full@6:500")
+    parser.add_argument("--rm-ensemble", type=int, default=1, help="members (seeds) of an ensemble of 'full' models")
+    parser.add_argument("--rm-ensemble-labels", default="500", help="label counts at which to train the ensemble")
+    parser.add_argument("--held-out-n", type=int, default=4, help="answers per held-out prompt (fresh pairs)")
     parser.add_argument("--clear", type=float, default=0.2, help="gold gap of a 'clearly different' fresh pair")
     parser.add_argument("--dpo-betas", default="0.1,0.3")
     parser.add_argument("--dpo-steps", type=int, default=30)
+    parser.add_argument("--dpo-lr", type=float, default=2e-4, help="LoRA learning rate")
+    parser.add_argument("--dpo-pairs", choices=("all", "best_worst"), default="all",
+                        help="every ordered pair of a prompt's answers, or only its best vs its worst")
     parser.add_argument("--ppo-kl", default="0.02,0.1")
     parser.add_argument("--ppo-iterations", type=int, default=8)
+    parser.add_argument("--ppo-lr", type=float, default=1e-5)
+    parser.add_argument("--ppo-epochs", type=int, default=2)
+    parser.add_argument("--ppo-minibatch", type=int, default=16, help="rollouts per optimizer step (16 a PPO iteration)")
+    parser.add_argument("--value-lr", type=float, default=1e-4)
+    parser.add_argument("--value-warmup", type=int, default=1, help="iterations that train the value head alone")
+    parser.add_argument("--grpo", default="", help="comma-separated grpo and/or rloo: LoRA policies on the reward model")
+    parser.add_argument("--grpo-steps", type=int, default=30, help="steps of 4 prompts x 4 responses")
+    parser.add_argument("--grpo-lr", type=float, default=1e-4)
     parser.add_argument("--best-of", default="4")
     parser.add_argument("--eval-prompts", type=int, default=160)
+    parser.add_argument("--eval-only", default="", help="comma-separated run names to evaluate (default: all trained)")
+    parser.add_argument("--stop-after", choices=STEPS, help="end the run after this step")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     setup_logging()
@@ -73,20 +91,36 @@ def main() -> None:
     def due(step: str, marker: Path) -> bool:
         return step in redo or not marker.exists()
 
-    if due("candidates", out / "candidates/held_out/stage_result.json"):
-        candidates(out)
-    if due("labels", out / "data/fresh_pairs.jsonl"):
+    fresh = candidates(out, args.held_out_n, "candidates" in redo)
+    if fresh or due("labels", out / "data/fresh_pairs.jsonl"):
         labels(out, args.clear)
-    sizes, methods = [int(k) for k in args.labels.split(",")], args.rm_methods.split(",")
-    curve = {m: {k: reward_model(out, m, k, "rm" in redo) for k in sizes} for m in methods}
-    best_rm = max(((m, k) for m in methods for k in sizes), key=lambda mk: (mk[1], curve[mk[0]][mk[1]]["accuracy"]))
-    rm_dir = str(out / "rm" / f"{best_rm[0]}-{best_rm[1]}")
-    logger.info("best reward model: %s (accuracy on fresh pairs %.3f)", rm_dir, curve[best_rm[0]][best_rm[1]]["accuracy"])
-    policies: list[dict[str, Any]] = []
-    for beta in [float(b) for b in args.dpo_betas.split(",")]:
-        policies.append(dpo(out, beta, args.dpo_steps, "dpo" in redo))
-    for kl in [float(k) for k in args.ppo_kl.split(",")]:
-        policies.append(ppo(out, kl, args.ppo_iterations, rm_dir, "ppo" in redo))
+    sizes = [int(k) for k in args.labels.split(",")]
+    curve: dict[str, dict[int, float]] = {}
+    for spec in args.rm_methods.split(","):
+        spec, _, only = spec.partition(":")
+        method, _, epochs = spec.partition("@")
+        curve[spec] = {k: rm_accuracy(out, [reward_model(out, method, k, "rm" in redo, epochs=int(epochs or 3))])
+                       for k in ([int(only)] if only else sizes)}
+    if args.rm_ensemble > 1:
+        curve[f"full, ensemble of {args.rm_ensemble}"] = {
+            k: rm_accuracy(out, [reward_model(out, "full", k, "rm" in redo, seed=42 + i) for i in range(args.rm_ensemble)])
+            for k in map(int, args.rm_ensemble_labels.split(","))}
+    rm_dir = str(out / "rm" / f"full-{max(sizes)}")  # judges PPO, GRPO and best-of-N
+    logger.info("reward models' accuracy on fresh pairs: %s", curve)
+    if args.stop_after in ("candidates", "labels", "rm"):
+        return
+    for beta in [float(b) for b in filter(None, args.dpo_betas.split(","))]:
+        dpo(out, beta, args.dpo_steps, args.dpo_lr, args.dpo_pairs, "dpo" in redo)
+    for kl in [float(k) for k in filter(None, args.ppo_kl.split(","))]:
+        ppo(out, kl, args, rm_dir, "ppo" in redo)
+    for algorithm in filter(None, args.grpo.split(",")):
+        grpo(out, algorithm, args, rm_dir, "grpo" in redo)
+    if args.stop_after in ("dpo", "ppo", "grpo"):
+        return
+    # Every policy trained under --out so far is a point of the frontier, whatever flags trained it.
+    policies: list[dict[str, Any]] = [{"name": d.name, "model": {"name_or_path": str(d)}} for d in sorted(out.iterdir())
+                                      if d.name.startswith(TRAINED) and StageResult.load(d) is not None
+                                      and (not args.eval_only or d.name in args.eval_only.split(","))]
     for n in [int(n) for n in args.best_of.split(",")]:
         policies.append({"name": f"best-of-{n}", "model": {"name_or_path": START}, "best_of": n,
                          "selector": {"judge": rm_dir}})
@@ -108,14 +142,21 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- data
 
 
-def candidates(out: Path) -> None:
+def candidates(out: Path, held_out_n: int, force: bool) -> bool:
+    """The start model's answers: 4 per training prompt, ``held_out_n`` per held-out prompt; True if any were made."""
     from align.stages.generate import run
 
-    for split, n in (("train", 4), ("held_out", 2)):
+    made = False
+    for split, n in (("train", 4), ("held_out", held_out_n)):
+        answers = out / "candidates" / split / "candidates.jsonl"
+        if not force and answers.exists() and len(read_jsonl(answers)[0]["responses"]) == n:
+            continue
+        made = True
         run(validate(GenerateRecipe, {
             "models": [{"name_or_path": START}], "data": {"path": str(out / "data" / f"{split}_prompts.jsonl")},
             "generation": {"n": n, "max_new_tokens": 48, "temperature": 1.0, "batch_size": 16, "seed": 0},
             "training": {"output_dir": str(out / "candidates" / split)}}))
+    return made
 
 
 def gold_pairs(rows: list[dict[str, Any]], min_gap: float) -> list[dict[str, Any]]:
@@ -136,8 +177,21 @@ def labels(out: Path, clear: float) -> None:
     train = gold_pairs(read_jsonl(out / "candidates/train/candidates.jsonl"), 1e-6)
     random.Random(0).shuffle(train)  # the first k labels of the learning curve are a random sample
     write_jsonl(out / "data/gold_pairs.jsonl", train)
+    write_jsonl(out / "data/gold_best_worst.jsonl", best_vs_worst(read_jsonl(out / "candidates/train/candidates.jsonl")))
     write_jsonl(out / "data/fresh_pairs.jsonl", gold_pairs(read_jsonl(out / "candidates/held_out/candidates.jsonl"), clear))
     logger.info("%d training labels, %d fresh pairs", len(train), len(read_jsonl(out / "data/fresh_pairs.jsonl")))
+
+
+def best_vs_worst(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One pair per prompt: its best and worst answer by gold, as a 4-way ranking is binarised (UltraFeedback)."""
+    pairs = []
+    for row in rows:
+        texts = [r["text"] for r in row["responses"]]
+        scores = gold([row["prompt"]] * len(texts), texts)
+        hi, lo = max(range(len(texts)), key=scores.__getitem__), min(range(len(texts)), key=scores.__getitem__)
+        if scores[hi] > scores[lo]:
+            pairs.append({"prompt": row["prompt"], "chosen": texts[hi], "rejected": texts[lo]})
+    return pairs
 
 
 # --------------------------------------------------------------------------- training
@@ -146,55 +200,85 @@ def labels(out: Path, clear: float) -> None:
 RM_LEARNING_RATES = {"full": 5e-5, "partial": 1e-4, "feature_extraction": 2e-3}
 
 
-def reward_model(out: Path, method: str, size: int, force: bool) -> dict[str, float]:
+def reward_model(out: Path, method: str, size: int, force: bool, *, epochs: int = 3, seed: int = 42) -> Path:
+    """A MiniLM reward model on the first ``size`` gold labels (its run dir; trained unless there)."""
     from align.stages.reward import run
 
-    run_dir = out / "rm" / f"{method}-{size}"
-    result = StageResult.load(run_dir)
-    if result is None or force:
-        result = run(validate(RewardRecipe, {
+    run_dir = out / "rm" / (f"{method}-{size}" + (f"-e{epochs}" if epochs != 3 else "") + (f"-seed{seed}" if seed != 42 else ""))
+    if StageResult.load(run_dir) is None or force:
+        run(validate(RewardRecipe, {
             "model": {"name_or_path": "minilm-l6", "method": method, "partial": {"trainable_top_k": 2}},
-            "data": [{"path": str(out / "data/gold_pairs.jsonl"), "max_samples": size,
-                      "eval_path": str(out / "data/fresh_pairs.jsonl")}],
-            "training": {"output_dir": str(run_dir), "num_epochs": 3, "per_device_batch_size": 16,
+            "data": [{"path": str(out / "data/gold_pairs.jsonl"), "max_samples": size, "eval_fraction": 0.0}],
+            "training": {"output_dir": str(run_dir), "num_epochs": epochs, "per_device_batch_size": 16, "seed": seed,
                          "learning_rate": RM_LEARNING_RATES[method], "warmup_ratio": 0.1, "max_length": 256,
                          "logging_steps": 10, "save_steps": None, "report_to": "none"},
             "reward": {"pooling": "mean", "clip": 5.0}}))
-    return {"accuracy": result.metrics["eval/accuracy"], "labels": size}
+    return run_dir
 
 
-def dpo(out: Path, beta: float, steps: int, force: bool) -> dict[str, Any]:
+def rm_accuracy(out: Path, members: list[Path], pairs_file: str = "data/fresh_pairs.jsonl") -> float:
+    """Share of the fresh pairs the reward model (an ensemble if several) orders as gold does; ties count half."""
+    from align.config import JudgeSettings
+    from align.judges import judge_for, score
+
+    pairs = read_jsonl(out / pairs_file)
+    judge = judge_for(JudgeSettings(judge=[str(m) for m in members] if len(members) > 1 else str(members[0])))
+    prompts = [p["prompt"] for p in pairs]
+    chosen = score(judge, prompts, [p["chosen"] for p in pairs]).raw
+    rejected = score(judge, prompts, [p["rejected"] for p in pairs]).raw
+    return ((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean().item()
+
+
+def dpo(out: Path, beta: float, steps: int, lr: float, pairs: str, force: bool) -> None:
     from align.stages.dpo import run
 
-    run_dir = out / f"dpo-beta{beta}"
+    run_dir = out / (f"dpo-beta{beta}-lr{lr:g}-s{steps}" + ("-bw" if pairs == "best_worst" else ""))
     if StageResult.load(run_dir) is None or force:
         run(validate(DPORecipe, {
             "model": {"name_or_path": START, "method": "lora"},
-            "data": {"path": str(out / "data/gold_pairs.jsonl"), "eval_fraction": 0.05},
+            "data": {"path": str(out / "data" / ("gold_best_worst.jsonl" if pairs == "best_worst" else "gold_pairs.jsonl")),
+                     "eval_fraction": 0.05},
             "training": {"output_dir": str(run_dir), "max_steps": steps, "per_device_batch_size": 4,
-                         "learning_rate": 2e-4, "warmup_ratio": 0.1, "max_length": 192, "logging_steps": 5,
+                         "learning_rate": lr, "warmup_ratio": 0.1, "max_length": 192, "logging_steps": 5,
                          "save_steps": None, "report_to": "none"},
             "dpo": {"beta": beta, "padding_free": True, "pack_row_tokens": 512},
             "eval": {"enabled": False}}))
-    return {"name": f"dpo-beta{beta}", "model": {"name_or_path": str(run_dir)}}
 
 
-def ppo(out: Path, kl: float, iterations: int, rm_dir: str, force: bool) -> dict[str, Any]:
+def ppo(out: Path, kl: float, args: argparse.Namespace, rm_dir: str, force: bool) -> None:
     from align.stages.ppo import run
 
-    run_dir = out / f"ppo-kl{kl}"
+    name = (f"ppo-kl{kl}-lr{args.ppo_lr:g}-vlr{args.value_lr:g}-e{args.ppo_epochs}-mb{args.ppo_minibatch}"
+            f"-i{args.ppo_iterations}")
+    run_dir = out / name
+    micro = min(8, args.ppo_minibatch)
     if StageResult.load(run_dir) is None or force:
         run(validate(PPORecipe, {
             "model": {"name_or_path": START, "method": "full"},
             "data": {"path": str(out / "data/train_prompts.jsonl")},
             "reward": {"judge": rm_dir},
-            "value": {"learning_rate": 1e-4, "warmup_iterations": 1},
+            "value": {"learning_rate": args.value_lr, "warmup_iterations": args.value_warmup},
             "generation": {"max_new_tokens": 48, "temperature": 1.0, "batch_size": 16},
-            "ppo": {"rollouts_per_iteration": 16, "epochs": 2, "kl_coef": kl, "normalize_scores": True},
-            "training": {"output_dir": str(run_dir), "max_steps": iterations, "per_device_batch_size": 8,
-                         "gradient_accumulation_steps": 2, "learning_rate": 1e-5, "save_steps": None,
-                         "report_to": "none"}}))
-    return {"name": f"ppo-kl{kl}", "model": {"name_or_path": str(run_dir)}}
+            "ppo": {"rollouts_per_iteration": 16, "epochs": args.ppo_epochs, "kl_coef": kl, "normalize_scores": True},
+            "training": {"output_dir": str(run_dir), "max_steps": args.ppo_iterations, "per_device_batch_size": micro,
+                         "gradient_accumulation_steps": args.ppo_minibatch // micro, "learning_rate": args.ppo_lr,
+                         "save_steps": None, "report_to": "none"}}))
+
+
+def grpo(out: Path, algorithm: str, args: argparse.Namespace, rm_dir: str, force: bool) -> None:
+    from align.stages.grpo import run
+
+    run_dir = out / f"grpo-{algorithm}-lr{args.grpo_lr:g}-s{args.grpo_steps}"
+    if StageResult.load(run_dir) is None or force:
+        run(validate(GRPORecipe, {
+            "model": {"name_or_path": START, "method": "lora"},
+            "data": {"path": str(out / "data/train_prompts.jsonl")},
+            "reward": {"judge": rm_dir},
+            "generation": {"max_new_tokens": 48, "temperature": 1.0},
+            "grpo": {"algorithm": algorithm, "num_generations": 4, "beta": 0.04},
+            "training": {"output_dir": str(run_dir), "max_steps": args.grpo_steps, "per_device_batch_size": 16,
+                         "learning_rate": args.grpo_lr, "lr_scheduler": "constant", "logging_steps": 5,
+                         "save_steps": None, "report_to": "none"}}))
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -210,13 +294,22 @@ def evaluate(out: Path, policies: list[dict[str, Any]], num_prompts: int) -> Non
         "report": {"num_samples": 4}, "training": {"output_dir": str(out / "eval"), "seed": 0}}))
 
 
-def report(out: Path, curve: dict[str, dict[int, dict[str, float]]], policies: list[dict[str, Any]], rm_dir: str) -> None:
+def method_of(label: str) -> str:
+    """A frontier curve's name: ``dpo``, ``ppo``, ``grpo-rloo``, ``best-of-N``."""
+    if label.startswith("best-of"):
+        return "best-of-N"
+    parts = label.split("-")
+    return "-".join(parts[:2]) if parts[0] == "grpo" else parts[0]
+
+
+def report(out: Path, curve: dict[str, dict[int, float]], policies: list[dict[str, Any]], rm_dir: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     metrics = StageResult.load(out / "eval").metrics
+    sizes = sorted({k for by_size in curve.values() for k in by_size})
     lines = ["# Controlled alignment benchmark", "",
              f"Start model `{START}`; gold judge `{GOLD}`; held-out prompts on unseen topics; "
              f"{metrics['eval/num_prompts']} comparisons per policy; reward model for PPO and best-of-N: `{rm_dir}`.", "",
@@ -229,13 +322,13 @@ def report(out: Path, curve: dict[str, dict[int, dict[str, float]]], policies: l
         lines.append(f"| {'start' if label == 'baseline' else label} | {rate} | {m['reward']:.3f} | "
                      f"{m['kl_full_vocab']:.3f} | {m['response_tokens']:.1f} | {m['finished_frac']:.0%} |")
         if "win_rate" in m:
-            method = "best-of-N" if label.startswith("best-of") else label.split("-")[0]
-            points.setdefault(method, []).append((m["kl_full_vocab"], m["win_rate"], label))
+            points.setdefault(method_of(label), []).append((m["kl_full_vocab"], m["win_rate"], label))
     lines += ["", "## Reward model: accuracy against gold on fresh, clearly different pairs", "",
-              "| method | " + " | ".join(f"{k} labels" for k in next(iter(curve.values()))) + " |",
-              "| --- |" + " --- |" * len(next(iter(curve.values())))]
+              f"{len(read_jsonl(out / 'data/fresh_pairs.jsonl'))} pairs of the start model's answers to held-out prompts "
+              f"whose gold scores differ by more than the --clear gap.", "",
+              "| reward model | " + " | ".join(f"{k} labels" for k in sizes) + " |", "| --- |" + " --- |" * len(sizes)]
     for method, by_size in curve.items():
-        lines.append(f"| {method} | " + " | ".join(f"{v['accuracy']:.3f}" for v in by_size.values()) + " |")
+        lines.append(f"| {method} | " + " | ".join(f"{by_size[k]:.3f}" if k in by_size else "-" for k in sizes) + " |")
     for name in (p["name"] for p in policies if p["name"].startswith("ppo")):
         rows = read_metrics(out / name)
         if rows:
@@ -256,7 +349,7 @@ def report(out: Path, curve: dict[str, dict[int, dict[str, float]]], policies: l
     fig.savefig(out / "frontier.png", dpi=120)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for method, by_size in curve.items():
-        ax.plot(list(by_size), [v["accuracy"] for v in by_size.values()], "o-", label=method)
+        ax.plot(list(by_size), list(by_size.values()), "o-", label=method)
     ax.set(xlabel="gold labels", ylabel="accuracy on fresh pairs", title="reward model learning curve")
     ax.legend()
     fig.tight_layout()
