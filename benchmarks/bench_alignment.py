@@ -6,12 +6,14 @@
 Start model: SmolLM2-135M-Instruct. ``benchmarks/gold.py`` stands in for human raters:
 
 1. ``candidates``: the start model answers 240 training prompts 4 times, and 160 held-out prompts
-   (on topics training never mentions) twice;
+   (on topics training never mentions) ``--held-out-n`` times (4);
 2. ``labels``: every pair of a prompt's answers the gold judge orders becomes a preference label;
    held-out pairs whose gold scores differ by at least ``--clear`` are the *fresh pairs*;
-3. ``rm``: reward models on the first 100 / 250 / 500 / 1000 labels, per encoder method, and their
-   accuracy on the fresh pairs (the learning curve); the best one judges PPO and best-of-N;
-4. ``dpo``, ``ppo``: policies at several beta / KL coefficients (the frontier's points);
+3. ``rm``: reward models on the first 100 / 250 / 500 / 1000 labels, per encoder method (and
+   epochs, and a seed ensemble), and their accuracy on the fresh pairs (the learning curve); the
+   1000-label one judges PPO, GRPO and best-of-N;
+4. ``dpo``, ``ppo``, ``grpo``: policies at the flags' settings. Every trained run under ``--out``
+   is a point of the frontier, so runs with other flags add points;
 5. ``eval``: ``align eval`` on the held-out prompts with the gold judge: each policy's gold win rate
    against the start model and its KL to it, best-of-N (picked by the reward model) as the
    no-training baseline;
