@@ -61,6 +61,7 @@ def main() -> None:
                         help="encoder methods (also partial, lora), each optionally @epochs and :labels: full@6:500")
     parser.add_argument("--rm-ensemble", type=int, default=1, help="members (seeds) of an ensemble of 'full' models")
     parser.add_argument("--rm-ensemble-labels", default="500", help="label counts at which to train the ensemble")
+    parser.add_argument("--rm-ensemble-epochs", type=int, default=3)
     parser.add_argument("--held-out-n", type=int, default=4, help="answers per held-out prompt (fresh pairs)")
     parser.add_argument("--clear", type=float, default=0.2, help="gold gap of a 'clearly different' fresh pair")
     parser.add_argument("--dpo-betas", default="0.1,0.3")
@@ -104,8 +105,10 @@ def main() -> None:
         curve[spec] = {k: rm_accuracy(out, [reward_model(out, method, k, "rm" in redo, epochs=int(epochs or 3))])
                        for k in ([int(only)] if only else sizes)}
     if args.rm_ensemble > 1:
-        curve[f"full, ensemble of {args.rm_ensemble}"] = {
-            k: rm_accuracy(out, [reward_model(out, "full", k, "rm" in redo, seed=42 + i) for i in range(args.rm_ensemble)])
+        epochs = args.rm_ensemble_epochs
+        curve[f"full@{epochs}, ensemble of {args.rm_ensemble}"] = {
+            k: rm_accuracy(out, [reward_model(out, "full", k, "rm" in redo, epochs=epochs, seed=42 + i)
+                                 for i in range(args.rm_ensemble)])
             for k in map(int, args.rm_ensemble_labels.split(","))}
     rm_dir = str(out / "rm" / f"full-{max(sizes)}")  # judges PPO, GRPO and best-of-N
     logger.info("reward models' accuracy on fresh pairs: %s", curve)
@@ -123,7 +126,7 @@ def main() -> None:
     policies: list[dict[str, Any]] = [{"name": d.name, "model": {"name_or_path": str(d)}} for d in sorted(out.iterdir())
                                       if d.name.startswith(TRAINED) and StageResult.load(d) is not None
                                       and (not args.eval_only or d.name in args.eval_only.split(","))]
-    for n in [int(n) for n in args.best_of.split(",")]:
+    for n in [int(n) for n in filter(None, args.best_of.split(","))]:
         policies.append({"name": f"best-of-{n}", "model": {"name_or_path": START}, "best_of": n,
                          "selector": {"judge": rm_dir}})
     if due("eval", out / "eval/stage_result.json"):
