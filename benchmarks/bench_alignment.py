@@ -226,12 +226,20 @@ def rm_accuracy(out: Path, members: list[Path], pairs_file: str = "data/fresh_pa
     from align.config import JudgeSettings
     from align.judges import judge_for, score
 
+    cache_file, key = out / "rm_accuracy.json", f"{'+'.join(m.name for m in members)}|{pairs_file}"
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    stamp = (out / pairs_file).stat().st_mtime_ns
+    if cache.get(key, {}).get("pairs_mtime_ns") == stamp:
+        return cache[key]["accuracy"]
     pairs = read_jsonl(out / pairs_file)
     judge = judge_for(JudgeSettings(judge=[str(m) for m in members] if len(members) > 1 else str(members[0])))
     prompts = [p["prompt"] for p in pairs]
     chosen = score(judge, prompts, [p["chosen"] for p in pairs]).raw
     rejected = score(judge, prompts, [p["rejected"] for p in pairs]).raw
-    return ((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean().item()
+    accuracy = ((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean().item()
+    cache[key] = {"accuracy": accuracy, "pairs_mtime_ns": stamp}
+    cache_file.write_text(json.dumps(cache, indent=1))
+    return accuracy
 
 
 def dpo(out: Path, beta: float, steps: int, lr: float, pairs: str, force: bool) -> None:
@@ -320,9 +328,16 @@ def report(out: Path, curve: dict[str, dict[int, float]], policies: list[dict[st
              f"{metrics['eval/num_prompts']} comparisons per policy; reward model for PPO and best-of-N: `{rm_dir}`.", "",
              "| policy | gold win rate vs start | gold reward | KL to start (nats) | response tokens | ended with EOS |",
              "| --- | --- | --- | --- | --- | --- |"]
-    points: dict[str, list[tuple[float, float, str]]] = {}
+    # Every evaluation adds its policies to frontier_points.json (same prompts, seed and start model), so
+    # policies evaluated by earlier runs stay on the frontier.
+    saved = json.loads((out / "frontier_points.json").read_text()) if (out / "frontier_points.json").exists() else {}
     for label in ["baseline"] + [p["name"] for p in policies]:
         m = {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith(f"eval/{label}/")}
+        saved[label] = {k: m[k] for k in ("win_rate", "win_rate_se", "reward", "kl_full_vocab", "response_tokens",
+                                          "finished_frac") if k in m}
+    (out / "frontier_points.json").write_text(json.dumps(saved, indent=1))
+    points: dict[str, list[tuple[float, float, str]]] = {}
+    for label, m in sorted(saved.items(), key=lambda item: (item[0] != "baseline", item[0])):
         rate = f"{m['win_rate']:.3f} ± {m['win_rate_se']:.3f}" if "win_rate" in m else "-"
         lines.append(f"| {'start' if label == 'baseline' else label} | {rate} | {m['reward']:.3f} | "
                      f"{m['kl_full_vocab']:.3f} | {m['response_tokens']:.1f} | {m['finished_frac']:.0%} |")
@@ -334,7 +349,7 @@ def report(out: Path, curve: dict[str, dict[int, float]], policies: list[dict[st
               "| reward model | " + " | ".join(f"{k} labels" for k in sizes) + " |", "| --- |" + " --- |" * len(sizes)]
     for method, by_size in curve.items():
         lines.append(f"| {method} | " + " | ".join(f"{by_size[k]:.3f}" if k in by_size else "-" for k in sizes) + " |")
-    for name in (p["name"] for p in policies if p["name"].startswith("ppo")):
+    for name in (label for label in saved if label.startswith("ppo") and (out / label).is_dir()):
         rows = read_metrics(out / name)
         if rows:
             lines.append(f"\n{name}: explained variance of the critic {rows[0].get('ppo/explained_var', float('nan')):.2f} "
@@ -342,8 +357,9 @@ def report(out: Path, curve: dict[str, dict[int, float]], policies: list[dict[st
                          f"{rows[0]['reward/finished_frac']:.2f} -> {rows[-1]['reward/finished_frac']:.2f}")
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(8, 5))
     for method, pts in points.items():
+        pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=method)
         for kl, rate, label in pts:
             ax.annotate(label, (kl, rate), fontsize=7, xytext=(3, 3), textcoords="offset points")
