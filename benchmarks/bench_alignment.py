@@ -36,7 +36,7 @@ import json
 import logging
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from checkout import ROOT  # noqa: F401 - offline env and the checkout on sys.path, before align is imported
 
@@ -167,38 +167,43 @@ def candidates(out: Path, held_out_n: int, force: bool) -> bool:
     return made
 
 
+def gold_scored(rows: list[dict[str, Any]]) -> Iterator[tuple[str, list[str], list[float]]]:
+    """Each candidates row as (prompt, its answers, their gold scores)."""
+    for row in rows:
+        texts = [r["text"] for r in row["responses"]]
+        yield row["prompt"], texts, gold([row["prompt"]] * len(texts), texts)
+
+
 def gold_pairs(rows: list[dict[str, Any]], min_gap: float) -> list[dict[str, Any]]:
     """Every pair of a prompt's responses whose gold scores differ by more than ``min_gap``: chosen = higher."""
     pairs = []
-    for row in rows:
-        texts = [r["text"] for r in row["responses"]]
-        scores = gold([row["prompt"]] * len(texts), texts)
+    for prompt, texts, scores in gold_scored(rows):
         for i, j in itertools.combinations(range(len(texts)), 2):
             if abs(scores[i] - scores[j]) > min_gap and texts[i] != texts[j]:
                 hi, lo = (i, j) if scores[i] > scores[j] else (j, i)
-                pairs.append({"prompt": row["prompt"], "chosen": texts[hi], "rejected": texts[lo],
+                pairs.append({"prompt": prompt, "chosen": texts[hi], "rejected": texts[lo],
                               "gold_gap": round(scores[hi] - scores[lo], 4)})
     return pairs
 
 
 def labels(out: Path, clear: float) -> None:
-    train = gold_pairs(read_jsonl(out / "candidates/train/candidates.jsonl"), 1e-6)
+    candidates = read_jsonl(out / "candidates/train/candidates.jsonl")
+    train = gold_pairs(candidates, 1e-6)
     random.Random(0).shuffle(train)  # the first k labels of the learning curve are a random sample
     write_jsonl(out / "data/gold_pairs.jsonl", train)
-    write_jsonl(out / "data/gold_best_worst.jsonl", best_vs_worst(read_jsonl(out / "candidates/train/candidates.jsonl")))
-    write_jsonl(out / "data/fresh_pairs.jsonl", gold_pairs(read_jsonl(out / "candidates/held_out/candidates.jsonl"), clear))
-    logger.info("%d training labels, %d fresh pairs", len(train), len(read_jsonl(out / "data/fresh_pairs.jsonl")))
+    write_jsonl(out / "data/gold_best_worst.jsonl", best_vs_worst(candidates))
+    fresh = gold_pairs(read_jsonl(out / "candidates/held_out/candidates.jsonl"), clear)
+    write_jsonl(out / "data/fresh_pairs.jsonl", fresh)
+    logger.info("%d training labels, %d fresh pairs", len(train), len(fresh))
 
 
 def best_vs_worst(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One pair per prompt: its best and worst answer by gold, as a 4-way ranking is binarised (UltraFeedback)."""
     pairs = []
-    for row in rows:
-        texts = [r["text"] for r in row["responses"]]
-        scores = gold([row["prompt"]] * len(texts), texts)
+    for prompt, texts, scores in gold_scored(rows):
         hi, lo = max(range(len(texts)), key=scores.__getitem__), min(range(len(texts)), key=scores.__getitem__)
         if scores[hi] > scores[lo]:
-            pairs.append({"prompt": row["prompt"], "chosen": texts[hi], "rejected": texts[lo]})
+            pairs.append({"prompt": prompt, "chosen": texts[hi], "rejected": texts[lo]})
     return pairs
 
 
@@ -228,6 +233,7 @@ def rm_accuracy(out: Path, members: list[Path], pairs_file: str = "data/fresh_pa
     """Share of the fresh pairs the reward model (an ensemble if several) orders as gold does; ties count half."""
     from align.config import JudgeSettings
     from align.judges import judge_for, score
+    from align.ops.stats import win_rate_and_se
 
     cache_file, key = out / "rm_accuracy.json", f"{'+'.join(m.name for m in members)}|{pairs_file}"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
@@ -239,7 +245,7 @@ def rm_accuracy(out: Path, members: list[Path], pairs_file: str = "data/fresh_pa
     prompts = [p["prompt"] for p in pairs]
     chosen = score(judge, prompts, [p["chosen"] for p in pairs]).raw
     rejected = score(judge, prompts, [p["rejected"] for p in pairs]).raw
-    accuracy = ((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean().item()
+    accuracy = win_rate_and_se(chosen, rejected)[0]
     cache[key] = {"accuracy": accuracy, "pairs_mtime_ns": stamp}
     cache_file.write_text(json.dumps(cache, indent=1))
     return accuracy

@@ -56,6 +56,7 @@ from align.config import (AugmentRecipe, DistillRecipe, DPORecipe, EvalRecipe, K
 from align.models import load_policy, resolve_model_source
 from align.ops.dpo import log_odds
 from align.ops.logprobs import token_logprobs
+from align.ops.stats import win_rate_and_se
 from align.recipe import validate
 from align.run import StageResult, read_metrics, setup_logging
 from align.sampling import eos_token_ids
@@ -491,7 +492,8 @@ def pair_accuracy(reward_dir: str | Path, pairs: list[dict[str, Any]]) -> float:
 
 
 def accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> float:
-    return float(((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean())
+    """Share of pairs ordered chosen over rejected, ties 1/2: the win rate of chosen against rejected."""
+    return win_rate_and_se(chosen, rejected)[0]
 
 
 @torch.no_grad()
