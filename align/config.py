@@ -399,6 +399,11 @@ class JudgeSettings(Section):
     )
     clip: float | None = Field(None, gt=0, description="Clip scores to [-clip, clip] after the penalty.")
 
+    @property
+    def specs(self) -> list[str]:
+        """The judge spec, or an ensemble's member specs, as a list."""
+        return self.judge if isinstance(self.judge, list) else [self.judge]
+
     @model_validator(mode="after")
     def _ensemble_has_members(self) -> "JudgeSettings":
         if isinstance(self.judge, list) and not self.judge:

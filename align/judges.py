@@ -118,10 +118,9 @@ def score_n(judge: Judge, prompts: Sequence[Any], responses: Sequence[Any], fini
 def judge_for(settings: JudgeSettings, device: str | None = None) -> Judge:
     """``load_judge`` with a recipe's ``reward`` section (batch size, normalisation and precision apply to a
     reward model); a list of specs is an ``Ensemble`` with the section's ``ensemble_penalty``."""
-    specs = settings.judge if isinstance(settings.judge, list) else [settings.judge]
     judges = [load_judge(spec, batch_size=settings.batch_size, normalize=settings.normalize,
                          precision=settings.precision, device=device)
-              for spec in specs]
+              for spec in settings.specs]
     return Ensemble(judges, settings.ensemble_penalty) if isinstance(settings.judge, list) else judges[0]
 
 

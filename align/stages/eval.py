@@ -271,7 +271,7 @@ def report(recipe: EvalRecipe, prompts: list[Prompt], results: dict[str, Respons
     baseline = (recipe.baseline or recipe.reference).name_or_path
     judge = "none (no win rate or reward)"
     if recipe.reward is not None:
-        specs = recipe.reward.judge if isinstance(recipe.reward.judge, list) else [recipe.reward.judge]
+        specs = recipe.reward.specs
         judge = ", ".join(f"`{spec}`" for spec in specs) + (f" (ensemble of {len(specs)})" if len(specs) > 1 else "")
     lines = [
         f"# Evaluation on {len(prompts)} held-out prompts", "",
