@@ -48,7 +48,7 @@ def test_win_rate_counts_ties_half_with_standard_error() -> None:
         win_rate_and_se(torch.tensor([1.0]), torch.tensor([1.0, 2.0]))
     # The same text scored in two differently padded batches may differ in the last bits: still a tie.
     rate, _ = win_rate_and_se(torch.tensor([1.0 + 1e-6, 2.0]), torch.tensor([1.0, 1.0]), torch.tensor([True, False]))
-    assert rate == 0.75  # outcomes [0.5, 1]
+    assert rate == pytest.approx(0.75)  # outcomes [0.5, 1]
 
 
 # --------------------------------------------------------------------------- curves
