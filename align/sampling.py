@@ -128,6 +128,21 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def used_columns(attention_mask: torch.Tensor, response_length: int) -> tuple[int, int]:
+    """``(first, T)``: a (B, P + T') left/right-padded batch uses columns ``first : P + T`` only.
+
+    Outside them every row is padding (prompts left-padded, responses right-padded), so a forward
+    on ``[:, first : P + T]`` gives the real positions the same outputs, at less cost, when rows
+    of similar length share a batch. ``T`` is the longest response in the batch.
+    """
+    prompt_length = attention_mask.shape[1] - response_length
+    used = attention_mask.bool().any(0)
+    prompt_used = used[:prompt_length].nonzero()
+    first = int(prompt_used[0]) if len(prompt_used) else prompt_length
+    response_used = used[prompt_length:].nonzero()
+    return first, int(response_used[-1]) + 1 if len(response_used) else 0
+
+
 def left_pad(ids: Sequence[Sequence[int]], pad_id: int, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``[[5, 6, 7], [8]]`` -> ids ``[[5, 6, 7], [p, p, 8]]`` and mask ``[[1, 1, 1], [0, 0, 1]]``."""
     width = max(len(x) for x in ids) if width is None else width

@@ -19,7 +19,8 @@ from trl import apply_chat_template
 from align.config import EvalRecipe, GenerateRecipe, JudgeSettings, PPORecipe
 from align.judges import load_judge, score
 from align.recipe import validate
-from align.sampling import conversational, eos_token_ids, prompt_ids, render_prompt, sample
+from align.sampling import (conversational, eos_token_ids, prompt_ids, render_prompt, response_logits, sample,
+                            used_columns)
 from align.stages.eval import Responses, sample_responses, score_responses
 from align.stages.generate import run as run_generate
 from align.stages.grpo import TextJudgeReward
@@ -114,6 +115,26 @@ def test_seeded_sampling_repeats_and_masks_end_at_eos(tiny_llama_dir: Path) -> N
     greedy = sample(model, tok, PROMPTS, max_new_tokens=12, temperature=0.0, batch_size=3, seed=1)
     assert torch.equal(greedy.response_ids, sample(model, tok, PROMPTS, max_new_tokens=12, temperature=0.0,
                                                    batch_size=3, seed=2).response_ids)  # greedy ignores the seed
+
+
+def test_cutting_all_padding_columns_keeps_every_real_positions_logits(tiny_llama_dir: Path) -> None:
+    """PPO's length-sorted micro-batches run on ``used_columns`` only: the cut must change no real output."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    batch = sample(model, tok, PROMPTS + ["A much longer prompt, " * 6], max_new_tokens=10, batch_size=4, seed=3)
+    T = batch.response_ids.shape[1]
+    rows = torch.tensor([1, 2])  # the two short prompts: the long one's padding columns are unused by both
+    att = batch.attention_mask[rows]
+    first, t = used_columns(att, T)
+    assert first > 0 and t == int(batch.lengths[rows].max())
+    assert not att[:, :first].any() and not att[:, att.shape[1] - T + t :].any()  # only padding is cut
+    end = att.shape[1] - T + t
+    with torch.no_grad():
+        full, _ = response_logits(model, batch.sequences[rows], att, T)
+        cut, _ = response_logits(model, batch.sequences[rows][:, first:end], att[:, first:end], t)
+    real = batch.response_mask[rows][:, :t].bool()
+    torch.testing.assert_close(cut[real], full[:, :t][real], rtol=1e-4, atol=1e-5)
+    assert used_columns(torch.tensor([[0, 1, 1, 0, 0]]), 2) == (1, 0)  # a row with no response token yet
 
 
 # --------------------------------------------------------------------------- across stages

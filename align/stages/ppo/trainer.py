@@ -45,7 +45,7 @@ from align.ops import ppo as ppo_ops
 from align.ops.logprobs import entropy_from_logits, token_logprobs
 from align.ops.stats import explained_variance, masked_sum, masked_var, masked_whiten, token_mean
 from align.run import StageResult, append_metrics, finish_stage, prepare_run_dir, truncate_jsonl
-from align.sampling import Samples, eos_token_ids, response_logits, sample
+from align.sampling import Samples, eos_token_ids, response_logits, sample, used_columns
 from align.stages.ppo.distributed import is_zero3, make_accelerator, unwrapped_for_generation
 from align.stages.ppo.modeling import PolicyAndValue, adapter_disabled, transformer_trunk
 from align.stages.ppo.rollout import prompt_indices, rollout_seed
@@ -86,6 +86,20 @@ class Experience:
     old_values: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
+
+    def rows(self, idx: torch.Tensor) -> "Experience":
+        """Rows ``idx`` without the columns that are padding in all of them (``used_columns``)."""
+        T = self.response_ids.shape[1]
+        first, t = used_columns(self.attention_mask[idx], T)
+        end = self.sequences.shape[1] - T + t
+        return Experience(self.sequences[idx, first:end], self.attention_mask[idx, first:end],
+                          *(x[idx, :t] for x in (self.response_ids, self.mask, self.old_logprobs, self.old_values,
+                                                 self.advantages, self.returns)))
+
+
+def by_length(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Row order by real tokens: consecutive rows then share most of their padding, which ``used_columns`` cuts."""
+    return torch.argsort(attention_mask.sum(1), stable=True)
 
 
 class PPOTrainer:
@@ -242,19 +256,22 @@ class PPOTrainer:
         ppo, temperature = self.recipe.ppo, self.recipe.generation.temperature
         sequences, attention_mask = samples.sequences, samples.attention_mask  # (B, P + T)
         response_ids, mask, T = samples.response_ids, samples.response_mask, samples.response_ids.shape[1]
-        logprobs, ref_logprobs, values = [], [], []
+        B, P = response_ids.shape[0], sequences.shape[1] - T
+        old_logprobs, ref_lp, old_values = (torch.zeros(B, T, device=mask.device) for _ in range(3))
         reference_s = 0.0
         micro = self.recipe.training.per_device_batch_size
-        for s in range(0, sequences.shape[0], micro):
-            seq, att, ids = sequences[s : s + micro], attention_mask[s : s + micro], response_ids[s : s + micro]
-            logits, vals = self.module(seq, att, T, temperature)
-            logprobs.append(token_logprobs(logits, ids))
-            values.append(vals.float())
+        order = by_length(attention_mask)  # micro-batches of similar length carry little padding
+        for s in range(0, B, micro):
+            rows = order[s : s + micro]
+            first, t = used_columns(attention_mask[rows], T)
+            seq, att, ids = sequences[rows, first : P + t], attention_mask[rows, first : P + t], response_ids[rows, :t]
+            logits, vals = self.module(seq, att, t, temperature)
+            old_logprobs[rows, :t] = token_logprobs(logits, ids).float()
+            old_values[rows, :t] = vals.float()
             started = time.perf_counter()
-            ref_logits = self._reference_logits(seq, att, T) / temperature
-            ref_logprobs.append(token_logprobs(ref_logits, ids))
+            ref_logits = self._reference_logits(seq, att, t) / temperature
+            ref_lp[rows, :t] = token_logprobs(ref_logits, ids).float()
             reference_s += time.perf_counter() - started
-        old_logprobs, ref_lp, old_values = torch.cat(logprobs), torch.cat(ref_logprobs), torch.cat(values)
 
         kl = ppo_ops.kl_estimate(old_logprobs, ref_lp, ppo.kl_estimator) * mask  # (B, T)
         rewards = ppo_ops.per_token_rewards(scores, kl, mask, self.kl_ctl.value)
@@ -284,36 +301,39 @@ class PPOTrainer:
         ppo, training, acc = self.recipe.ppo, self.recipe.training, self.accelerator
         micro, minibatch = training.per_device_batch_size, self.recipe.minibatch_size
         accumulation = minibatch // micro
-        T, B = exp.response_ids.shape[1], exp.response_ids.shape[0]
+        B = exp.response_ids.shape[0]
         sums: dict[str, torch.Tensor] = {}
         minibatches = 0
         self.module.train()
         for _ in range(ppo.epochs):
             order = torch.randperm(B, device=exp.mask.device)
             for mb_start in range(0, B, minibatch):
-                minibatch_tokens = exp.mask[order[mb_start : mb_start + minibatch]].sum()
-                for start in range(mb_start, mb_start + minibatch, micro):
-                    idx = order[start : start + micro]
+                rows = order[mb_start : mb_start + minibatch]
+                # Micro-batches of similar length (each cut to its own used columns); the minibatch, and so
+                # its gradient, is the same whatever rows share a micro-batch.
+                rows = rows[by_length(exp.attention_mask[rows])]
+                minibatch_tokens = exp.mask[rows].sum()
+                for start in range(0, len(rows), micro):
                     with acc.accumulate(self.module):
-                        stats = self._micro_step(exp, idx, T, minibatch_tokens, accumulation)
+                        stats = self._micro_step(exp.rows(rows[start : start + micro]), minibatch_tokens,
+                                                 accumulation)
                     for key, value in stats.items():  # micro-batch shares add up to the minibatch's token mean
                         sums[key] = sums.get(key, 0.0) + value
                 minibatches += 1
         return {key: value / max(minibatches, 1) for key, value in sums.items()}
 
-    def _micro_step(self, exp: Experience, idx: torch.Tensor, T: int, minibatch_tokens: torch.Tensor,
-                    accumulation: int) -> dict[str, torch.Tensor]:
-        """Forward, losses and backward of one micro-batch; the optimizer steps on the minibatch's last."""
+    def _micro_step(self, exp: Experience, minibatch_tokens: torch.Tensor, accumulation: int) -> dict[str, torch.Tensor]:
+        """Forward, losses and backward of one micro-batch (``exp``); the optimizer steps on the minibatch's last."""
         ppo, acc = self.recipe.ppo, self.accelerator
         warming_up = self.iteration < self.recipe.value.warmup_iterations  # the value model alone trains
-        logits, values = self.module(exp.sequences[idx], exp.attention_mask[idx], T, self.recipe.generation.temperature,
-                                     detach_trunk=warming_up)
-        mask = exp.mask[idx]
-        logprobs = token_logprobs(logits, exp.response_ids[idx])
-        pg_loss, pg_stats = ppo_ops.policy_loss(logprobs, exp.old_logprobs[idx], exp.advantages[idx], mask,
-                                             ppo.clip_range, num_tokens=minibatch_tokens)
-        vf_loss, vf_stats = ppo_ops.value_loss(values.float(), exp.old_values[idx], exp.returns[idx], mask,
-                                            ppo.clip_range_value, num_tokens=minibatch_tokens)
+        logits, values = self.module(exp.sequences, exp.attention_mask, exp.response_ids.shape[1],
+                                     self.recipe.generation.temperature, detach_trunk=warming_up)
+        mask = exp.mask
+        logprobs = token_logprobs(logits, exp.response_ids)
+        pg_loss, pg_stats = ppo_ops.policy_loss(logprobs, exp.old_logprobs, exp.advantages, mask, ppo.clip_range,
+                                                num_tokens=minibatch_tokens)
+        vf_loss, vf_stats = ppo_ops.value_loss(values.float(), exp.old_values, exp.returns, mask,
+                                               ppo.clip_range_value, num_tokens=minibatch_tokens)
         # Without a bonus the entropy is only logged: no graph through a (B, T, V) softmax.
         with torch.set_grad_enabled(ppo.ent_coef > 0 and torch.is_grad_enabled()):
             entropy = token_mean(entropy_from_logits(logits.float()), mask, minibatch_tokens)
