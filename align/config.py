@@ -266,6 +266,10 @@ class RewardOptions(Section):
         "mean", description="Vector the head reads: the first token ([CLS]) or the masked mean of all tokens."
     )
     head_dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout before the linear head.")
+    layer_lr_decay: float = Field(
+        1.0, gt=0.0, le=1.0, description="Layer-wise learning-rate decay: each encoder block below the top learns at "
+        "this factor of the rate of the block above (the head at training.learning_rate, the embeddings lowest).",
+    )
     pair_loss: Literal["bradley_terry"] = Field(
         "bradley_terry", description="Loss on preference pairs: -logsigmoid(r_chosen - r_rejected - margin)."
     )

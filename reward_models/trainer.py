@@ -22,6 +22,7 @@ from transformers import Trainer
 
 from align.adversarial import AdversarialTraining, EmbeddingPerturbation, adversarial_delta
 from align.config import PerturbationSettings
+from align.models.freezing import parameter_groups
 from reward_models.metrics import evaluate_units, plot_reliability, score_units
 from reward_models.objective import MODEL_INPUTS, LossSpec, collate_layout, total_loss
 from reward_models.scorer import RewardScorer
@@ -52,6 +53,9 @@ class RewardTrainer(AdversarialTraining, Trainer):
     gradient-accumulation steps (``loss_is_scaled_for_ga = False``). Metrics come out as
     ``eval_loss``, ``eval_accuracy``, ``eval_rating_spearman``, ... and, when ``plot_dir`` is
     set, each evaluation rewrites ``reliability.png`` and ``reliability.json`` there.
+
+    ``layer_lr_decay`` < 1: each encoder block learns at ``decay ** depth`` times the rate of the
+    one above it (the head at the full rate, the embeddings lowest; ``layer_depths``).
     """
 
     loss_is_scaled_for_ga = False
@@ -62,14 +66,35 @@ class RewardTrainer(AdversarialTraining, Trainer):
         loss_spec: LossSpec,
         plot_dir: str | Path | None = None,
         reliability_bins: int = 10,
+        layer_lr_decay: float = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.layer_lr_decay = layer_lr_decay
         self.loss_spec = loss_spec
         self.plot_dir = Path(plot_dir) if plot_dir is not None else None
         self.reliability_bins = reliability_bins
         self._sums: dict[str, Any] = {}
         self._counts: dict[str, int] = defaultdict(int)
+
+    def create_optimizer(self, model=None) -> torch.optim.Optimizer:  # noqa: ANN001 - HF signature
+        """HF's optimizer (and its weight-decay groups), each group split by depth when layer_lr_decay < 1."""
+        optimizer = super().create_optimizer(model)
+        if self.layer_lr_decay == 1.0:
+            return optimizer
+        depth = layer_depths(self.model)
+        groups = []
+        for group in optimizer.param_groups:
+            by_depth: dict[int, list[torch.nn.Parameter]] = defaultdict(list)
+            for param in group["params"]:
+                by_depth[depth.get(id(param), 0)].append(param)
+            settings = {k: v for k, v in group.items() if k != "params"}
+            groups += [{**settings, "params": params, "lr": settings["lr"] * self.layer_lr_decay**d}
+                       for d, params in sorted(by_depth.items())]
+        optimizer.param_groups.clear()  # no step taken yet: no state to move
+        for group in groups:
+            optimizer.add_param_group(group)
+        return optimizer
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001 - HF signature
         model_inputs = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
@@ -176,6 +201,16 @@ class RewardTrainer(AdversarialTraining, Trainer):
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "reliability.json").write_text(json.dumps(bins, indent=2) + "\n")
         plot_reliability(bins, directory / "reliability.png")
+
+
+def layer_depths(model: torch.nn.Module) -> dict[int, int]:
+    """``id(param) -> depth`` below the head: 0 for the head and pooler, k for the k-th block from the top,
+    one more than the bottom block for the embeddings."""
+    groups = parameter_groups(model.encoder)
+    n = len(groups.layers)
+    depth = {id(p): n + 1 for p in groups.embeddings}
+    depth.update({id(p): n - i for i, block in enumerate(groups.layers) for p in block})
+    return depth
 
 
 def pair_wins(d: torch.Tensor) -> torch.Tensor:

@@ -213,3 +213,27 @@ def test_cached_features_skip_the_encoder_and_match_it(tiny_bert_dir):
     assert len(calls) == 1  # the second pass read the cache
     second.sum().backward()
     assert model.head.weight.grad is not None and all(p.grad is None for p in model.encoder.parameters())
+
+
+def test_layer_lr_decay_lowers_the_rate_block_by_block(tiny_bert_dir, tmp_path):
+    """reward.layer_lr_decay=0.5: head at the full rate, each block below at half the one above, embeddings last."""
+    from transformers import TrainingArguments
+
+    from align.stages.reward import build_model
+    from reward_models.objective import LossSpec
+    from reward_models.trainer import RewardTrainer
+
+    data = {"path": write_jsonl(tmp_path / "train.jsonl", preference_rows(8, seed=0))}
+    model = build_model(recipe(tiny_bert_dir, tmp_path / "run", data))
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), learning_rate=1e-3, weight_decay=0.1, report_to="none")
+    optimizer = RewardTrainer(model=model, args=args, loss_spec=LossSpec(), layer_lr_decay=0.5).create_optimizer()
+    rate = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert len(rate) == sum(p.requires_grad for p in model.parameters())  # every trainable parameter, once
+    encoder = model.encoder
+    assert rate[id(model.head.weight)] == pytest.approx(1e-3)
+    assert rate[id(encoder.encoder.layer[1].attention.self.query.weight)] == pytest.approx(5e-4)
+    assert rate[id(encoder.encoder.layer[0].attention.self.query.weight)] == pytest.approx(2.5e-4)
+    assert rate[id(encoder.embeddings.word_embeddings.weight)] == pytest.approx(1.25e-4)
+    decay = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    assert decay[id(encoder.encoder.layer[0].attention.self.query.weight)] == 0.1  # HF's weight-decay split kept
+    assert decay[id(encoder.encoder.layer[0].attention.self.query.bias)] == 0.0

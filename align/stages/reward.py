@@ -76,6 +76,7 @@ def run(recipe: RewardRecipe) -> StageResult:
         loss_spec=spec,
         plot_dir=out,
         reliability_bins=options.reliability_bins,
+        layer_lr_decay=options.layer_lr_decay,
         adversarial=recipe.training.adversarial,
     )
     # The final evaluation below is the reward model's own (accuracy, correlations, reliability).
