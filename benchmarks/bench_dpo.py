@@ -1,20 +1,25 @@
-"""DPO training throughput and peak memory: our stage (padded, padding-free, precomputed reference) vs plain TRL.
+"""DPO training throughput and peak memory: our stage (padded, padding-free, precomputed reference) vs TRL.
 
     python benchmarks/bench_dpo.py                       # SmolLM2-135M, 8 pairs, 2 steps of 4 pairs
     python benchmarks/bench_dpo.py --steps 2 --threads 2 --configs trl padded padding_free
+    python benchmarks/bench_dpo.py --pairs 16 --batch 8 --malloc system jemalloc tcmalloc
 
-Every configuration runs in its own subprocess (so ``ru_maxrss`` is its own peak RSS) on the
-same model (full fine-tuning, float32, no gradient checkpointing), the same 8 chat pairs of
-uneven length (up to 256 tokens) and the same batches. The peer is TRL 1.16's DPOTrainer as a
-user would call it: the policy in, TRL loads the frozen reference copy, padded batches (its
-``padding_free`` is disabled in 1.16). tokens/s counts real (non-pad) tokens of the training
-steps only; ``setup`` is loading, tokenizing and, for precompute, the reference pass.
+Every configuration runs in its own subprocess (so ``ru_maxrss`` is its own peak) on the
+same model (full fine-tuning, float32), the same 8 chat pairs of uneven length (up to 256
+tokens) and the same batches; ``--gradient-checkpointing`` turns it on for both sides. The
+peer is TRL 1.16's DPOTrainer as a user would call it: the policy in, TRL loads the frozen
+reference copy, padded batches (its ``padding_free`` is disabled in 1.16); ``trl_precompute``
+is the same with TRL's own ``precompute_ref_log_probs``, the peer of our precomputed rows.
+``--malloc`` runs every configuration again under jemalloc / tcmalloc (``LD_PRELOAD``; Debian
+packages ``libjemalloc2``, ``libtcmalloc-minimal4``). tokens/s counts real (non-pad) tokens of
+the training steps only; ``setup`` is loading, tokenizing and, for precompute, the reference pass.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import subprocess
@@ -26,8 +31,9 @@ from pathlib import Path
 from checkout import ROOT  # noqa: E402 - offline env and the checkout on sys.path, before align is imported
 
 MODEL = "smollm2-135m-instruct"
-CONFIGS = {  # name -> dpo options of our recipe; "trl" is the peer
+CONFIGS = {  # name -> dpo options of our recipe; None: the peer, TRL's DPOTrainer (with its own precompute)
     "trl": None,
+    "trl_precompute": None,
     "padded": {},
     "padding_free": {"padding_free": True},
     "padding_free_rows": {"padding_free": True, "pack_row_tokens": 512},
@@ -58,14 +64,19 @@ def make_pairs(n: int = 8, seed: int = 0) -> list[dict]:
     return rows
 
 
-def dpo_args(out: str, steps: int, batch: int) -> dict:
+ALLOCATORS = {"system": None, "jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+              "tcmalloc": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"}  # Debian: libjemalloc2, libtcmalloc-minimal4
+
+
+def dpo_args(out: str, steps: int, batch: int, checkpointing: bool, precompute: bool = False) -> dict:
     return dict(output_dir=out, max_steps=steps, per_device_train_batch_size=batch, learning_rate=1e-6,
                 lr_scheduler_type="constant", logging_steps=1, save_strategy="no", report_to=[], bf16=False,
-                gradient_checkpointing=False, max_length=256, beta=0.1, seed=0,
+                gradient_checkpointing=checkpointing, precompute_ref_log_probs=precompute, max_length=256, beta=0.1,
+                seed=0,
                 include_num_input_tokens_seen="non_padding", disable_tqdm=True, dataloader_pin_memory=False)
 
 
-def build_trl(data_file: Path, out: str, steps: int, batch: int):  # noqa: ANN201
+def build_trl(data_file: Path, out: str, steps: int, batch: int, checkpointing: bool, precompute: bool):  # noqa: ANN201
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
@@ -76,11 +87,11 @@ def build_trl(data_file: Path, out: str, steps: int, batch: int):  # noqa: ANN20
     model = AutoModelForCausalLM.from_pretrained(source, dtype="float32")
     tokenizer = AutoTokenizer.from_pretrained(source)
     rows = [json.loads(line) for line in data_file.read_text().splitlines()]
-    return DPOTrainer(model=model, args=DPOConfig(**dpo_args(out, steps, batch)), train_dataset=Dataset.from_list(rows),
-                      processing_class=tokenizer)
+    config = DPOConfig(**dpo_args(out, steps, batch, checkpointing, precompute))
+    return DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
 
 
-def build_ours(options: dict, data_file: Path, out: str, steps: int, batch: int):  # noqa: ANN201
+def build_ours(options: dict, data_file: Path, out: str, steps: int, batch: int, checkpointing: bool):  # noqa: ANN201
     from align.config import DPORecipe
     from align.data import load_records
     from align.models import load_policy, load_reference
@@ -92,7 +103,7 @@ def build_ours(options: dict, data_file: Path, out: str, steps: int, batch: int)
         "data": {"path": str(data_file)},
         "training": {"output_dir": out, "max_steps": steps, "per_device_batch_size": batch, "learning_rate": 1e-6,
                      "lr_scheduler": "constant", "logging_steps": 1, "save_steps": None, "max_length": 256,
-                     "report_to": "none", "seed": 0},
+                     "report_to": "none", "seed": 0, "gradient_checkpointing": checkpointing},
         "dpo": {"beta": 0.1, **options},
         "eval": {"enabled": False},
     })
@@ -105,16 +116,16 @@ def build_ours(options: dict, data_file: Path, out: str, steps: int, batch: int)
     return trainer
 
 
-def worker(name: str, data_file: Path, steps: int, batch: int, threads: int) -> dict:
+def worker(name: str, data_file: Path, steps: int, batch: int, threads: int, checkpointing: bool) -> dict:
     import torch
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         if CONFIGS[name] is None:
-            trainer = build_trl(data_file, out, steps, batch)
+            trainer = build_trl(data_file, out, steps, batch, checkpointing, precompute=name == "trl_precompute")
         else:
-            trainer = build_ours(CONFIGS[name], data_file, out, steps, batch)
+            trainer = build_ours(CONFIGS[name], data_file, out, steps, batch, checkpointing)
         built = time.perf_counter()
         trainer.train()
         done = time.perf_counter()
@@ -162,44 +173,58 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run (1: stable on a shared CPU)")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="on both sides (default: off on both)")
+    parser.add_argument("--malloc", nargs="+", default=["system"], choices=list(ALLOCATORS),
+                        help="run every config under each allocator (LD_PRELOAD); 'config@jemalloc' in the table")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
-        result = worker(args.worker, Path(args.data), args.steps, args.batch, args.threads)
+        result = worker(args.worker, Path(args.data), args.steps, args.batch, args.threads,
+                        args.gradient_checkpointing)
         print("RESULT " + json.dumps(result))
         return
 
     with tempfile.TemporaryDirectory() as tmp:
         data_file = Path(tmp) / "pairs.jsonl"
         data_file.write_text("".join(json.dumps(row) + "\n" for row in make_pairs(args.pairs)))
-        print(f"{MODEL}, {args.pairs} pairs, {args.steps} steps x {args.batch} pairs, {args.threads} thread(s); "
+        print(f"{MODEL}, {args.pairs} pairs, {args.steps} steps x {args.batch} pairs, {args.threads} thread(s), "
+              f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'} on both sides; "
               f"padding in TRL's padded batches: {padding_share(data_file, args.batch):.0%} of tokens", flush=True)
         results = {}
-        for name in args.configs:
-            cmd = [sys.executable, __file__, "--worker", name, "--data", str(data_file), "--steps", str(args.steps),
-                   "--batch", str(args.batch), "--threads", str(args.threads)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-            if proc.returncode or not lines:
-                print(f"{name}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
-                continue
-            results[name] = json.loads(lines[-1].removeprefix("RESULT "))
-            r = results[name]
-            print(f"  {name}: {r['tokens_per_s']:.0f} tok/s, {r['peak_rss_mb']:.0f} MB", flush=True)
+        for allocator in args.malloc:
+            env = dict(os.environ)
+            if ALLOCATORS[allocator]:
+                env["LD_PRELOAD"] = ALLOCATORS[allocator]
+            for config in args.configs:
+                name = config if allocator == "system" else f"{config}@{allocator}"
+                cmd = [sys.executable, __file__, "--worker", config, "--data", str(data_file), "--steps",
+                       str(args.steps), "--batch", str(args.batch), "--threads", str(args.threads)]
+                cmd += ["--gradient-checkpointing"] if args.gradient_checkpointing else []
+                proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+                lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+                if proc.returncode or not lines:
+                    print(f"{name}: failed\n{proc.stderr[-3000:]}", file=sys.stderr)
+                    continue
+                results[name] = json.loads(lines[-1].removeprefix("RESULT "))
+                r = results[name]
+                print(f"  {name}: {r['tokens_per_s']:.0f} tok/s, {r['peak_rss_mb']:.0f} MB", flush=True)
     print_table(results)
 
 
 def print_table(results: dict[str, dict]) -> None:
-    base = results.get("trl")
-    head = f"{'config':<26}{'setup s':>9}{'train s':>9}{'tok/s':>9}{'x TRL':>7}{'peak RSS MB':>13}{'x TRL':>7}{'step-1 loss':>13}"
-    print("\n" + head + "\n" + "-" * len(head))
+    """A markdown table; ratios against TRL as a user runs it (``trl``) and at its best (``trl_precompute``)."""
+    peers = [(label, results[key]) for label, key in (("TRL", "trl"), ("TRL precompute", "trl_precompute"))
+             if key in results]
+    head = ["config", "setup s", "train s", "tok/s", "peak RSS MB", "step-1 loss"]
+    head += [f"{what} x {label}" for label, _ in peers for what in ("tok/s", "RSS")]
+    print("\n| " + " | ".join(head) + " |\n|" + " --- |" * len(head))
     for name, r in results.items():
-        speed = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}" if base else "-"
-        memory = f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}" if base else "-"
-        print(f"{name:<26}{r['setup_s']:>9.1f}{r['train_s']:>9.1f}{r['tokens_per_s']:>9.0f}{speed:>7}"
-              f"{r['peak_rss_mb']:>13.0f}{memory:>7}{r['first_loss']:>13.6f}")
+        cells = [name, f"{r['setup_s']:.1f}", f"{r['train_s']:.1f}", f"{r['tokens_per_s']:.0f}",
+                 f"{r['peak_rss_mb']:.0f}", f"{r['first_loss']:.6f}"]
+        cells += [f"{r[k] / base[k]:.2f}" for _, base in peers for k in ("tokens_per_s", "peak_rss_mb")]
+        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -2,13 +2,16 @@
 
     python benchmarks/bench_ppo.py --peer-python /tmp/trl112-venv/bin/python   # 3 iterations: head, separate, TRL
     python benchmarks/bench_ppo.py --iterations 5 --configs head --threads 2    # ours only
+    python benchmarks/bench_ppo.py --configs separate separate+frozen_embeddings  # a lever's effect
 
 Setting: 16 rollouts of up to 48 new tokens per iteration, full fine-tuning in float32, 4 PPO
 epochs of one minibatch of 16 (micro-batch 4 x accumulation 4), temperature 0.7. The judge is a
 BERT-style reward model (MiniLM-L6 encoder, untrained head) through ``RewardScorer``, so scoring
 costs what a real one costs. Every configuration runs in its own subprocess, so ``ru_maxrss`` is
 its own peak, with ``--threads`` torch threads (default: the core count). The first iteration is
-reported apart (warm-up); the mean is over the rest.
+reported apart (warm-up); the mean is over the rest. ``+frozen_embeddings`` trains all 30 blocks
+but not the tied embedding / LM-head matrix (``model.method: partial``), which saves its dense
+49k x 576 gradient and Adam update.
 
 The peer, measured in the same run, is TRL 1.12.0's ``trl.experimental.ppo.PPOTrainer`` (the last
 TRL with PPO) in ``peer_trl_ppo.py``, which says how its setting matches this one. TRL 1.12 does
@@ -38,7 +41,13 @@ from checkout import ROOT  # noqa: E402 - offline env and the checkout on sys.pa
 
 MODEL = "smollm2-135m-instruct"
 PROMPTS = ROOT / "examples/data/prompts_demo.jsonl"
-CONFIGS = {"head": {"model": "head"}, "separate": {"model": "separate"}}
+FROZEN_EMBEDDINGS = {"method": "partial", "partial": {"trainable_top_k": 30, "train_head": False}}  # all 30 blocks
+CONFIGS = {  # name -> (value model, model overrides)
+    "head": ("head", {}),
+    "separate": ("separate", {}),
+    "head+frozen_embeddings": ("head", FROZEN_EMBEDDINGS),
+    "separate+frozen_embeddings": ("separate", FROZEN_EMBEDDINGS),
+}
 
 
 def one_config(name: str, iterations: int, threads: int, work: Path) -> dict:
@@ -56,10 +65,10 @@ def one_config(name: str, iterations: int, threads: int, work: Path) -> dict:
         torch.manual_seed(0)
         RewardModel.from_encoder(_minilm(), max_length=256).save_pretrained(reward_dir)
     recipe = validate(PPORecipe, {
-        "model": {"name_or_path": MODEL, "method": "full"},
+        "model": {"name_or_path": MODEL, "method": "full", **CONFIGS[name][1]},
         "data": {"path": str(PROMPTS), "kind": "prompt"},
         "reward": {"judge": str(reward_dir), "missing_eos_penalty": 1.0},
-        "value": CONFIGS[name],
+        "value": {"model": CONFIGS[name][0]},
         "generation": {"max_new_tokens": 48, "temperature": 0.7, "batch_size": 16},
         "ppo": {"rollouts_per_iteration": 16, "epochs": 4},
         "training": {"output_dir": str(work / name), "max_steps": iterations, "per_device_batch_size": 4,
@@ -99,7 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=["head", "separate"], choices=list(CONFIGS))
     parser.add_argument("--peer-python", help="python of a venv with trl==1.12.0 (see above); omitted: no peer")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child process: run one config, print JSON
     parser.add_argument("--work", help=argparse.SUPPRESS)
