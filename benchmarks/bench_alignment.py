@@ -8,10 +8,13 @@ Start model: SmolLM2-135M-Instruct. ``benchmarks/gold.py`` stands in for human r
 1. ``candidates``: the start model answers 240 training prompts 4 times, and 160 held-out prompts
    (on topics training never mentions) ``--held-out-n`` times (4);
 2. ``labels``: every pair of a prompt's answers the gold judge orders becomes a preference label;
+   the same labels with a tie option (``+ties``: an annotator calls a pair whose gold scores differ
+   by less than ``--tie-band`` a tie, as "about the same" in HH-RLHF or a Chatbot Arena tie);
    held-out pairs whose gold scores differ by at least ``--clear`` are the *fresh pairs*;
 3. ``rm``: reward models on the first 100 / 250 / 500 / 1000 labels, per encoder method (and
-   epochs, and a seed ensemble), and their accuracy on the fresh pairs (the learning curve); the
-   1000-label one judges PPO, GRPO and best-of-N;
+   epochs, learning rate, labels with ties, a seed ensemble), and their accuracy on the fresh pairs
+   (the learning curve; at ``--rm-seed-labels`` the mean of ``--rm-seeds`` seeds); the 1000-label
+   one judges PPO, GRPO and best-of-N;
 4. ``dpo``, ``ppo``, ``grpo``: policies at the flags' settings. Every trained run under ``--out``
    is a point of the frontier, so runs with other flags add points;
 5. ``eval``: ``align eval`` on the held-out prompts with the gold judge: each policy's gold win rate
@@ -60,8 +63,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", default="", help="comma-separated steps to redo even if done: " + ",".join(STEPS))
     parser.add_argument("--labels", default="100,250,500,1000", help="reward-model learning-curve sizes")
-    parser.add_argument("--rm-methods", default="full,feature_extraction,full@6:500,full@10:500",
-                        help="encoder methods (also partial, lora), each optionally @epochs and :labels: full@6:500")
+    parser.add_argument("--rm-methods", default="full,feature_extraction,full@6:500,full@4/1e-4:500,full@4/1e-4+ties",
+                        help="encoder methods (also partial, lora), each optionally @epochs, /learning rate, +ties "
+                        "(labels with ties) and :labels: full@6:500, full@4/1e-4+ties")
+    parser.add_argument("--rm-seeds", type=int, default=3, help="seeds averaged at --rm-seed-labels")
+    parser.add_argument("--rm-seed-labels", type=int, default=500)
+    parser.add_argument("--tie-band", type=float, default=0.05,
+                        help="+ties labels: a pair whose gold scores differ by less than this is a tie")
     parser.add_argument("--rm-ensemble", type=int, default=3, help="members (seeds) of an ensemble of 'full' models")
     parser.add_argument("--rm-ensemble-labels", default="500", help="label counts at which to train the ensemble")
     parser.add_argument("--rm-ensemble-epochs", type=int, default=6)
@@ -98,20 +106,23 @@ def main() -> None:
         return step in redo or not marker.exists()
 
     fresh = candidates(out, args.held_out_n, "candidates" in redo)
-    if fresh or due("labels", out / "data/fresh_pairs.jsonl"):
-        labels(out, args.clear)
+    if fresh or due("labels", out / "data/gold_labels_ties.jsonl"):
+        labels(out, args.clear, args.tie_band)
     sizes = [int(k) for k in args.labels.split(",")]
-    curve: dict[str, dict[int, float]] = {}
+    curve: dict[str, dict[int, list[float]]] = {}  # spec -> labels -> accuracy per seed
     for spec in args.rm_methods.split(","):
         spec, _, only = spec.partition(":")
-        method, _, epochs = spec.partition("@")
-        curve[spec] = {k: rm_accuracy(out, [reward_model(out, method, k, "rm" in redo, epochs=int(epochs or 3))])
-                       for k in ([int(only)] if only else sizes)}
+        method, epochs, lr, ties = rm_spec(spec)
+        curve[spec] = {}
+        for k in [int(only)] if only else sizes:
+            seeds = range(42, 42 + (args.rm_seeds if k == args.rm_seed_labels else 1))
+            curve[spec][k] = [rm_accuracy(out, [reward_model(out, method, k, "rm" in redo, epochs=epochs, lr=lr,
+                                                             ties=ties, seed=seed)]) for seed in seeds]
     if args.rm_ensemble > 1:
         epochs = args.rm_ensemble_epochs
         curve[f"full@{epochs}, ensemble of {args.rm_ensemble}"] = {
-            k: rm_accuracy(out, [reward_model(out, "full", k, "rm" in redo, epochs=epochs, seed=42 + i)
-                                 for i in range(args.rm_ensemble)])
+            k: [rm_accuracy(out, [reward_model(out, "full", k, "rm" in redo, epochs=epochs, seed=42 + i)
+                                  for i in range(args.rm_ensemble)])]
             for k in map(int, args.rm_ensemble_labels.split(","))}
     rm_dir = str(out / "rm" / f"full-{max(sizes)}")  # judges PPO, GRPO and best-of-N
     logger.info("reward models' accuracy on fresh pairs: %s", curve)
@@ -138,8 +149,11 @@ def main() -> None:
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """Write the rows, leaving an identical file untouched (its mtime keys the rm_accuracy cache)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    text = "".join(json.dumps(row) + "\n" for row in rows)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
     return path
 
 
@@ -186,11 +200,15 @@ def gold_pairs(rows: list[dict[str, Any]], min_gap: float) -> list[dict[str, Any
     return pairs
 
 
-def labels(out: Path, clear: float) -> None:
+def labels(out: Path, clear: float, tie_band: float) -> None:
     candidates = read_jsonl(out / "candidates/train/candidates.jsonl")
     train = gold_pairs(candidates, 1e-6)
     random.Random(0).shuffle(train)  # the first k labels of the learning curve are a random sample
     write_jsonl(out / "data/gold_pairs.jsonl", train)
+    # The same labels, in the same order, from annotators who may answer "tie": two-response rankings.
+    write_jsonl(out / "data/gold_labels_ties.jsonl", [
+        {"prompt": p["prompt"], "responses": [p["chosen"], p["rejected"]],
+         "ranks": [1, 1] if p["gold_gap"] < tie_band else [1, 2]} for p in train])
     write_jsonl(out / "data/gold_best_worst.jsonl", best_vs_worst(candidates))
     fresh = gold_pairs(read_jsonl(out / "candidates/held_out/candidates.jsonl"), clear)
     write_jsonl(out / "data/fresh_pairs.jsonl", fresh)
@@ -213,17 +231,30 @@ def best_vs_worst(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 RM_LEARNING_RATES = {"full": 5e-5, "partial": 1e-4, "feature_extraction": 2e-3}
 
 
-def reward_model(out: Path, method: str, size: int, force: bool, *, epochs: int = 3, seed: int = 42) -> Path:
+def rm_spec(spec: str) -> tuple[str, int, float | None, bool]:
+    """``full@4/1e-4+ties`` -> ("full", 4, 1e-4, True): method, epochs (default 3), learning rate (default: the
+    method's), whether the labels may be ties."""
+    spec, ties, _ = spec.partition("+ties")
+    spec, _, lr = spec.partition("/")
+    method, _, epochs = spec.partition("@")
+    return method, int(epochs or 3), float(lr) if lr else None, bool(ties)
+
+
+def reward_model(out: Path, method: str, size: int, force: bool, *, epochs: int = 3, seed: int = 42,
+                 lr: float | None = None, ties: bool = False) -> Path:
     """A MiniLM reward model on the first ``size`` gold labels (its run dir; trained unless there)."""
     from align.stages.reward import run
 
-    run_dir = out / "rm" / (f"{method}-{size}" + (f"-e{epochs}" if epochs != 3 else "") + (f"-seed{seed}" if seed != 42 else ""))
+    run_dir = out / "rm" / (f"{method}-{size}" + (f"-e{epochs}" if epochs != 3 else "") + (f"-lr{lr:g}" if lr else "")
+                            + ("-ties" if ties else "") + (f"-seed{seed}" if seed != 42 else ""))
+    data = ({"path": str(out / "data/gold_labels_ties.jsonl"), "kind": "ranking"} if ties
+            else {"path": str(out / "data/gold_pairs.jsonl")})
     if StageResult.load(run_dir) is None or force:
         run(validate(RewardRecipe, {
             "model": {"name_or_path": "minilm-l6", "method": method, "partial": {"trainable_top_k": 2}},
-            "data": [{"path": str(out / "data/gold_pairs.jsonl"), "max_samples": size, "eval_fraction": 0.0}],
+            "data": [{**data, "max_samples": size, "eval_fraction": 0.0}],
             "training": {"output_dir": str(run_dir), "num_epochs": epochs, "per_device_batch_size": 16, "seed": seed,
-                         "learning_rate": RM_LEARNING_RATES[method], "warmup_ratio": 0.1, "max_length": 256,
+                         "learning_rate": lr or RM_LEARNING_RATES[method], "warmup_ratio": 0.1, "max_length": 256,
                          "logging_steps": 10, "save_steps": None, "report_to": "none"},
             "reward": {"pooling": "mean", "clip": 5.0}}))
     return run_dir
@@ -324,7 +355,7 @@ def method_of(label: str) -> str:
     return "-".join(parts[:2]) if parts[0] == "grpo" else parts[0]
 
 
-def report(out: Path, curve: dict[str, dict[int, float]], policies: list[dict[str, Any]], rm_dir: str) -> None:
+def report(out: Path, curve: dict[str, dict[int, list[float]]], policies: list[dict[str, Any]], rm_dir: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -357,7 +388,8 @@ def report(out: Path, curve: dict[str, dict[int, float]], policies: list[dict[st
               f"whose gold scores differ by more than the --clear gap.", "",
               "| reward model | " + " | ".join(f"{k} labels" for k in sizes) + " |", "| --- |" + " --- |" * len(sizes)]
     for method, by_size in curve.items():
-        lines.append(f"| {method} | " + " | ".join(f"{by_size[k]:.3f}" if k in by_size else "-" for k in sizes) + " |")
+        lines.append(f"| {method} | " + " | ".join(accuracy_cell(by_size[k]) if k in by_size else "-" for k in sizes)
+                     + " |")
     for name in (label for label in saved if label.startswith("ppo") and (out / label).is_dir()):
         rows = read_metrics(out / name)
         if rows:
@@ -379,12 +411,18 @@ def report(out: Path, curve: dict[str, dict[int, float]], policies: list[dict[st
     fig.savefig(out / "frontier.png", dpi=120)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for method, by_size in curve.items():
-        ax.plot(list(by_size), list(by_size.values()), "o-", label=method)
+        ax.plot(list(by_size), [sum(v) / len(v) for v in by_size.values()], "o-", label=method)
     ax.set(xlabel="gold labels", ylabel="accuracy on fresh pairs", title="reward model learning curve")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "reward_model_curve.png", dpi=120)
     logger.info("wrote %s, frontier.png, reward_model_curve.png\n%s", out / "results.md", "\n".join(lines))
+
+
+def accuracy_cell(seeds: list[float]) -> str:
+    """One seed's accuracy, or the seeds' mean with their range."""
+    mean = sum(seeds) / len(seeds)
+    return f"{mean:.3f}" if len(seeds) == 1 else f"{mean:.3f} ({min(seeds):.3f}-{max(seeds):.3f}, {len(seeds)} seeds)"
 
 
 if __name__ == "__main__":
