@@ -12,7 +12,8 @@ Each iteration, on every process:
    KL; rewards ``-beta * KL_t`` plus the score on the last real token; GAE;
 4. ``ppo.epochs`` passes of shuffled minibatches: clipped policy loss + ``vf_coef`` x clipped
    value loss - ``ent_coef`` x entropy, each a token mean over the whole minibatch (so the
-   micro-batch size and accumulation steps do not change the update), gradient clipping;
+   micro-batch size and accumulation steps do not change the update), gradient clipping.
+   Micro-batches (here and in 3) hold rows of similar length, cut to the columns they use;
 5. update beta (adaptive KL), log, write samples and checkpoints.
 
 The math is in ``align.ops``; this file holds no formula of its own.
