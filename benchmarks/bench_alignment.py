@@ -28,7 +28,8 @@ some). Sizes are flags; the defaults train the README's headline points (DPO on 
 KL coefficients 0.2 and 0.05) in about two hours on 2 CPU cores. The first run's points came from
 ``--dpo-betas 0.1,0.3 --dpo-steps 30 --dpo-pairs all --ppo-kl 0.02,0.1 --ppo-iterations 8 --ppo-lr 1e-5
 --ppo-minibatch 16 --value-lr 1e-4 --value-warmup 1``; ``--dpo-lr 5e-4 --dpo-steps 100 --dpo-pairs all`` gives
-the all-pairs DPO point.
+the all-pairs DPO point, ``--grpo grpo`` the GRPO point and ``--grpo rloo --grpo-lr 2e-4 --grpo-steps 40``
+the RLOO point.
 """
 
 from __future__ import annotations
