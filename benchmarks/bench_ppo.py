@@ -11,7 +11,8 @@ costs what a real one costs. Every configuration runs in its own subprocess, so 
 its own peak, with ``--threads`` torch threads (default: the core count). The first iteration is
 reported apart (warm-up); the mean is over the rest. ``+frozen_embeddings`` trains all 30 blocks
 but not the tied embedding / LM-head matrix (``model.method: partial``), which saves its dense
-49k x 576 gradient and Adam update.
+49k x 576 gradient and Adam update. ``separate+bf16`` runs with ``training.bf16`` (autocast;
+float32 weights and optimizer); ``--peer-bf16`` runs the peer with TRL's ``bf16=True`` to match it.
 
 The peer, measured in the same run, is TRL 1.12.0's ``trl.experimental.ppo.PPOTrainer`` (the last
 TRL with PPO) in ``peer_trl_ppo.py``, which says how its setting matches this one. TRL 1.12 does
@@ -42,11 +43,12 @@ from checkout import ROOT  # noqa: E402 - offline env and the checkout on sys.pa
 MODEL = "smollm2-135m-instruct"
 PROMPTS = ROOT / "examples/data/prompts_demo.jsonl"
 FROZEN_EMBEDDINGS = {"method": "partial", "partial": {"trainable_top_k": 30, "train_head": False}}  # all 30 blocks
-CONFIGS = {  # name -> (value model, model overrides)
-    "head": ("head", {}),
-    "separate": ("separate", {}),
-    "head+frozen_embeddings": ("head", FROZEN_EMBEDDINGS),
-    "separate+frozen_embeddings": ("separate", FROZEN_EMBEDDINGS),
+CONFIGS = {  # name -> (value model, model overrides, training overrides)
+    "head": ("head", {}, {}),
+    "separate": ("separate", {}, {}),
+    "head+frozen_embeddings": ("head", FROZEN_EMBEDDINGS, {}),
+    "separate+frozen_embeddings": ("separate", FROZEN_EMBEDDINGS, {}),
+    "separate+bf16": ("separate", {}, {"bf16": True}),  # autocast; float32 weights and optimizer
 }
 
 
@@ -73,7 +75,7 @@ def one_config(name: str, iterations: int, threads: int, work: Path) -> dict:
         "ppo": {"rollouts_per_iteration": 16, "epochs": 4},
         "training": {"output_dir": str(work / name), "max_steps": iterations, "per_device_batch_size": 4,
                      "gradient_accumulation_steps": 4, "learning_rate": 1e-6, "save_steps": None,
-                     "report_to": "none"},
+                     "report_to": "none", **CONFIGS[name][2]},
     })
     start = time.perf_counter()
     trainer = PPOTrainer(recipe)
@@ -110,6 +112,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--configs", nargs="+", default=["head", "separate"], choices=list(CONFIGS))
     parser.add_argument("--peer-python", help="python of a venv with trl==1.12.0 (see above); omitted: no peer")
+    parser.add_argument("--peer-bf16", action="store_true", help="the peer in bf16 autocast, against our +bf16 row")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child process: run one config, print JSON
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -123,7 +126,8 @@ def main() -> None:
             results.append(_child(name, [sys.executable, __file__, "--one", name, "--work", work, *common]))
         if args.peer_python:
             peer_cmd = [args.peer_python, str(Path(__file__).with_name("peer_trl_ppo.py")), "--model",
-                        _resolve(MODEL), "--prompts", str(PROMPTS), "--work", str(Path(work) / "trl"), *common]
+                        _resolve(MODEL), "--prompts", str(PROMPTS), "--work", str(Path(work) / "trl"), *common,
+                        *(["--bf16"] if args.peer_bf16 else [])]
             peer = _child("trl-1.12", peer_cmd)
         else:
             peer = None

@@ -71,7 +71,7 @@ def record_lengths(ppo_module, eos_id: int, lengths: list[tuple[int, float]]) ->
     ppo_module.batch_generation = wrapped
 
 
-def run(model_dir: str, prompts: str, iterations: int, threads: int, work: str) -> dict:
+def run(model_dir: str, prompts: str, iterations: int, threads: int, work: str, bf16: bool = False) -> dict:
     import torch
     from datasets import Dataset
     from transformers import (
@@ -107,7 +107,7 @@ def run(model_dir: str, prompts: str, iterations: int, threads: int, work: str) 
         output_dir=work, total_episodes=iterations * ROLLOUTS, per_device_train_batch_size=MICRO,
         gradient_accumulation_steps=ACCUMULATION, num_mini_batches=1, num_ppo_epochs=4,
         local_rollout_forward_batch_size=ROLLOUTS, response_length=48, temperature=0.7, stop_token="eos",
-        missing_eos_penalty=1.0, learning_rate=1e-6, bf16=False, fp16=False, gradient_checkpointing=False,
+        missing_eos_penalty=1.0, learning_rate=1e-6, bf16=bf16, fp16=False, gradient_checkpointing=False,
         num_sample_generations=0, save_strategy="no", report_to="none", logging_steps=1, disable_tqdm=True,
         use_cpu=True, seed=0,
     )
@@ -125,7 +125,7 @@ def run(model_dir: str, prompts: str, iterations: int, threads: int, work: str) 
     rest_len = lengths[1:] or lengths
     mean = sum(rest) / len(rest)
     return {
-        "config": "trl-1.12", "threads": threads, "setup_s": round(setup, 1), "first_iteration_s": round(times[0], 2),
+        "config": "trl-1.12" + ("+bf16" if bf16 else ""), "threads": threads, "setup_s": round(setup, 1), "first_iteration_s": round(times[0], 2),
         "time/iteration": round(mean, 3), "perf/samples_per_s": round(ROLLOUTS / mean, 3),
         "ppo/response_length": round(sum(n for _, n in rest_len) / len(rest_len), 3),
         "response_width": [w for w, _ in lengths],
@@ -140,9 +140,10 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--work", help="output directory (default: a temporary one)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (accelerate's mixed precision), as ours")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        result = run(args.model, args.prompts, args.iterations, args.threads, args.work or tmp)
+        result = run(args.model, args.prompts, args.iterations, args.threads, args.work or tmp, args.bf16)
     print("RESULT " + json.dumps(result), flush=True)
 
 
