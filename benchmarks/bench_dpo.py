@@ -192,6 +192,9 @@ def main() -> None:
         print(f"{MODEL}, {args.pairs} pairs, {args.steps} steps x {args.batch} pairs, {args.threads} thread(s), "
               f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'} on both sides; "
               f"padding in TRL's padded batches: {padding_share(data_file, args.batch):.0%} of tokens", flush=True)
+        missing = [ALLOCATORS[a] for a in args.malloc if ALLOCATORS[a] and not Path(ALLOCATORS[a]).exists()]
+        if missing:  # ld.so would warn and run the system allocator under the wrong name
+            sys.exit(f"--malloc: {', '.join(missing)} not found; install libjemalloc2 / libtcmalloc-minimal4")
         results = {}
         for allocator in args.malloc:
             env = dict(os.environ)

@@ -89,13 +89,19 @@ class Experience:
     returns: torch.Tensor
 
     def rows(self, idx: torch.Tensor) -> "Experience":
-        """Rows ``idx`` without the columns that are padding in all of them (``used_columns``)."""
-        T = self.response_ids.shape[1]
-        first, t = used_columns(self.attention_mask[idx], T)
-        end = self.sequences.shape[1] - T + t
-        return Experience(self.sequences[idx, first:end], self.attention_mask[idx, first:end],
+        """Rows ``idx`` without the columns that are padding in all of them (``cut_rows``)."""
+        sequences, attention_mask, t = cut_rows(self.sequences, self.attention_mask, self.response_ids.shape[1], idx)
+        return Experience(sequences, attention_mask,
                           *(x[idx, :t] for x in (self.response_ids, self.mask, self.old_logprobs, self.old_values,
                                                  self.advantages, self.returns)))
+
+
+def cut_rows(sequences: torch.Tensor, attention_mask: torch.Tensor, response_length: int,
+             idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Rows ``idx`` of a (B, P + T) batch cut to the columns they use (``used_columns``), and their response length."""
+    first, t = used_columns(attention_mask[idx], response_length)
+    end = sequences.shape[1] - response_length + t
+    return sequences[idx, first:end], attention_mask[idx, first:end], t
 
 
 def by_length(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -257,15 +263,15 @@ class PPOTrainer:
         ppo, temperature = self.recipe.ppo, self.recipe.generation.temperature
         sequences, attention_mask = samples.sequences, samples.attention_mask  # (B, P + T)
         response_ids, mask, T = samples.response_ids, samples.response_mask, samples.response_ids.shape[1]
-        B, P = response_ids.shape[0], sequences.shape[1] - T
+        B = response_ids.shape[0]
         old_logprobs, ref_lp, old_values = (torch.zeros(B, T, device=mask.device) for _ in range(3))
         reference_s = 0.0
         micro = self.recipe.training.per_device_batch_size
         order = by_length(attention_mask)  # micro-batches of similar length carry little padding
         for s in range(0, B, micro):
             rows = order[s : s + micro]
-            first, t = used_columns(attention_mask[rows], T)
-            seq, att, ids = sequences[rows, first : P + t], attention_mask[rows, first : P + t], response_ids[rows, :t]
+            seq, att, t = cut_rows(sequences, attention_mask, T, rows)
+            ids = response_ids[rows, :t]
             logits, vals = self.module(seq, att, t, temperature)
             old_logprobs[rows, :t] = token_logprobs(logits, ids).float()
             old_values[rows, :t] = vals.float()
