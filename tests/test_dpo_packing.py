@@ -49,7 +49,7 @@ def make_recipe(model_dir: Path, data: Path, out: Path, **dpo) -> DPORecipe:  # 
     })
 
 
-def trainer_for(recipe: DPORecipe, attn: str = "sdpa"):  # noqa: ANN201
+def trainer_for(recipe: DPORecipe, attn: str = "sdpa_packed"):  # noqa: ANN201
     data = load_records(recipe.data, default_kind="preference", want="preference")
     model, tokenizer = load_policy(recipe.model)
     model.set_attn_implementation(attn)
@@ -67,7 +67,8 @@ def loss_and_grads(trainer) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # 
     return loss.detach(), {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize(("attn", "row_tokens"), [("sdpa", None), ("eager", None), ("sdpa", 48)])
+@pytest.mark.parametrize(("attn", "row_tokens"), [("sdpa_packed", None), ("sdpa_packed", 48), ("sdpa", None),
+                                                  ("eager", None), ("sdpa", 48)])
 def test_padding_free_matches_padded(tiny_llama_dir: Path, pairs_file: Path, tmp_path: Path, attn: str,
                                      row_tokens: int | None) -> None:
     padded = trainer_for(make_recipe(tiny_llama_dir, pairs_file, tmp_path / "a", loss=["sigmoid", "sft"]), attn)
@@ -92,11 +93,13 @@ def test_padding_free_matches_padded(tiny_llama_dir: Path, pairs_file: Path, tmp
 
 
 def test_packing_without_position_reset_is_caught(tiny_llama_dir: Path, pairs_file: Path, tmp_path: Path) -> None:
-    """Negative control: positions 0..N-1 over the whole row let attention cross sequences; the check fails."""
+    """Negative control: a row read as one sequence (positions 0..N-1, one boundary pair) lets attention cross
+    sequences; the check fails."""
     trainer = trainer_for(make_recipe(tiny_llama_dir, pairs_file, tmp_path / "c", padding_free=True))
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(PAIRS))])
     width = batch["input_ids"].size(1)
     batch["position_ids"] = torch.arange(width).unsqueeze(0)
+    batch["cu_seq_lens"] = torch.tensor([0, width], dtype=torch.int32)
     with pytest.raises(RuntimeError, match="does not respect packed position_ids"):
         trainer.compute_loss(trainer.model, batch)
 

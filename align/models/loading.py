@@ -21,6 +21,9 @@ which has no autograd kernel, so a later training step silently gets wrong gradi
 warns), and the repacking crashes outright for ``in_features < 64``. A policy is evaluated and
 trained in turn (PPO rollouts, eval during training), so the repacking is switched off
 (``support_avx512bf16_for_cpu = False``) on every ``Linear4bit`` of a model loaded on CPU.
+
+Models on ``sdpa`` attention are switched to ``align.models.packed_attention`` (the same
+attention, plus per-sequence attention for packed rows that carry ``cu_seq_lens``).
 """
 
 from __future__ import annotations
@@ -199,12 +202,16 @@ def _from_pretrained(loader: Callable[..., Any], source: str, cfg: ModelConfig, 
 def _load_causal_lm(cfg: ModelConfig, source: str, *, quantize_4bit: bool) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
+    from align.models.packed_attention import use_packed_attention
+
     kwargs: dict[str, Any] = {"dtype": torch_dtype(cfg.dtype), "trust_remote_code": cfg.trust_remote_code}
     if quantize_4bit:
         kwargs.update(_four_bit_kwargs(cfg))
     model = _from_pretrained(AutoModelForCausalLM.from_pretrained, source, cfg, **kwargs)
     if quantize_4bit and not torch.cuda.is_available():
         _disable_bnb_cpu_repacking(model)
+    if not cfg.trust_remote_code:  # remote code may test for "sdpa" by name
+        use_packed_attention(model)
     return model
 
 

@@ -66,6 +66,8 @@ def pack_preference(
 
     - ``input_ids``, ``position_ids``, ``completion_mask``: ``(R, T)``
     - ``sequence_index``: ``(R, T)`` which sequence each token belongs to (``-1`` in a pad run)
+    - ``cu_seq_lens``: ``(S + 1,)`` int32, where each sequence (and pad run) starts in the flattened
+      ``R * T`` tokens, then ``R * T``: the boundaries varlen attention kernels take
     - ``attention_mask``: ``(R, T)`` 1 on real tokens. For token counting only: it must not be
       given to the model, which would then stop reading sequence boundaries from the positions.
 
@@ -80,6 +82,8 @@ def pack_preference(
         tensor([[0, 0, 1, 1, 0, 1, 0, 0, 1, 0, 1, 1]])
         >>> batch["sequence_index"]
         tensor([[0, 0, 0, 0, 1, 1, 2, 2, 2, 3, 3, 3]])
+        >>> batch["cu_seq_lens"]
+        tensor([ 0,  4,  6,  9, 12], dtype=torch.int32)
     """
     if not (len(prompt_ids) == len(chosen_ids) == len(rejected_ids)) or not prompt_ids:
         raise ValueError(
@@ -109,9 +113,11 @@ def pack_preference(
     completion_mask = torch.zeros(shape, dtype=torch.long)
     sequence_index = torch.full(shape, -1, dtype=torch.long)
     attention_mask = torch.zeros(shape, dtype=torch.long)
+    starts: list[int] = []
     for r, row in enumerate(rows):
         start = 0
         for i in row:
+            starts.append(r * width + start)
             end = start + lengths[i]
             input_ids[r, start:end] = torch.tensor(sequences[i], dtype=torch.long)
             position_ids[r, start:end] = torch.arange(lengths[i])
@@ -120,12 +126,15 @@ def pack_preference(
             attention_mask[r, start:end] = 1
             start = end
         position_ids[r, start:] = torch.arange(width - start)  # the pad run: its own block
+        if start < width:
+            starts.append(r * width + start)
     return {
         "input_ids": input_ids,
         "position_ids": position_ids,
         "completion_mask": completion_mask,
         "sequence_index": sequence_index,
         "attention_mask": attention_mask,
+        "cu_seq_lens": torch.tensor(starts + [len(rows) * width], dtype=torch.int32),
     }
 
 
@@ -150,6 +159,24 @@ def sequence_sums(per_token: torch.Tensor, sequence_index: torch.Tensor, num_seq
     keep = index >= 0
     out = per_token.new_zeros(num_sequences)
     return out.index_add(0, index[keep], values[keep])
+
+
+def leading_sequences(batch: dict[str, torch.Tensor], count: int = 2) -> dict[str, torch.Tensor]:
+    """The first ``count`` sequences of a packed batch's first row, as a packed batch of their own.
+
+    Enough to catch attention leaking from one sequence into the next at a fraction of the batch's
+    cost; the batch itself when its first row holds fewer sequences (a pad run counts as none).
+    """
+    bounds = batch["cu_seq_lens"].tolist()
+    width = batch["input_ids"].size(1)
+    if len(bounds) <= count or bounds[count] > width or int(batch["sequence_index"][0, bounds[count] - 1]) < 0:
+        return batch
+    end = bounds[count]
+    out = {key: batch[key][:1, :end] for key in ("input_ids", "position_ids", "completion_mask", "attention_mask")}
+    index = batch["sequence_index"][:1, :end]
+    out["sequence_index"] = torch.unique_consecutive(index, return_inverse=True)[1]
+    out["cu_seq_lens"] = batch["cu_seq_lens"][: count + 1]
+    return out
 
 
 def unpack_to_padded(batch: dict[str, torch.Tensor], pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -1,10 +1,10 @@
 """TRL's DPOTrainer with our loss table, a padding-free batch layout and a falling-logps warning.
 
 TRL keeps: tokenization, the reference (a frozen copy, the adapter-disabled policy under
-PEFT, or log-probs precomputed before training), DeepSpeed/accelerate wiring and its fused
-LM head (per-token log-probs without materialising the logits). Ours: the forward that sums
-completion log-probs per sequence for a padded *or* packed batch, and the loss, one function
-per variant from ``align.ops.dpo.LOSSES``.
+PEFT, or log-probs precomputed before training) and DeepSpeed/accelerate wiring. Ours: the
+forward that sums completion log-probs per sequence for a padded *or* packed batch, projecting
+only completion tokens through the LM head (``align.models.logprob_head``; TRL's head projects
+every position off CUDA), and the loss, one function per variant from ``align.ops.dpo.LOSSES``.
 
 TRL 1.16's own ``padding_free=True`` is switched off in its constructor (it warns and falls
 back to padding), hence ``align.stages.dpo.packing``.
@@ -23,9 +23,16 @@ from trl import DPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import use_adapter
 
+from align.models.logprob_head import add_scored_logprob_head
 from align.ops.dpo import REFERENCE_FREE, PairLogps, dpo_loss, reward_metrics
 from align.ops.stats import falling_steadily
-from align.stages.dpo.packing import DataCollatorForPackedPreference, scored_token_mask, sequence_sums, unpack_to_padded
+from align.stages.dpo.packing import (
+    DataCollatorForPackedPreference,
+    leading_sequences,
+    scored_token_mask,
+    sequence_sums,
+    unpack_to_padded,
+)
 
 logger = logging.getLogger("align.dpo")
 
@@ -71,6 +78,9 @@ class AlignDPOTrainer(DPOTrainer):
             )
         super().__init__(*args, **kwargs)
         policy = self.accelerator.unwrap_model(self.model)
+        add_scored_logprob_head(policy.get_base_model() if is_peft_model(policy) else policy)
+        if self.ref_model is not None:
+            add_scored_logprob_head(self.ref_model)
         if is_peft_model(policy) and "ref" in policy.peft_config:
             # TRL adds a "ref" copy of a pre-wrapped adapter; a fresh adapter disabled *is* the reference, so
             # drop the copy (and keep it out of the saved adapter).
@@ -85,8 +95,10 @@ class AlignDPOTrainer(DPOTrainer):
         """Summed completion log-probs and scored-token counts per sequence, ``(2B,)`` each: chosen then rejected.
 
         Padded batch: ``input_ids``/``attention_mask``/``completion_mask`` ``(2B, T)``.
-        Packed batch: ``input_ids``/``position_ids``/``completion_mask``/``sequence_index`` ``(R, T)``;
-        the model gets positions and no attention mask, so attention stays inside each sequence.
+        Packed batch: ``input_ids``/``position_ids``/``completion_mask``/``sequence_index`` ``(R, T)``
+        and ``cu_seq_lens``; the model gets positions, sequence boundaries and no attention mask, so
+        attention stays inside each sequence (``align.models.packed_attention``, or flash-attention's
+        varlen kernels).
         """
         input_ids = inputs["input_ids"]
         packed = "sequence_index" in inputs
@@ -96,6 +108,9 @@ class AlignDPOTrainer(DPOTrainer):
         model_inputs = {"input_ids": input_ids}
         if packed:
             model_inputs["position_ids"] = inputs["position_ids"]
+            bounds = inputs["cu_seq_lens"].to(torch.int32)
+            longest = int(bounds.diff().max())
+            model_inputs.update(cu_seq_lens_q=bounds, cu_seq_lens_k=bounds, max_length_q=longest, max_length_k=longest)
         else:
             model_inputs["attention_mask"] = inputs["attention_mask"]
         outputs = model(**model_inputs, labels=labels, fused_lm_head=True, use_cache=False)
@@ -159,12 +174,13 @@ class AlignDPOTrainer(DPOTrainer):
             self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
 
     def _check_packing(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> None:
-        """Once, on the first packed batch: the same sequences padded must give the same log-probs.
+        """Once, on the first packed batch's first two sequences: the same sequences padded must give the same log-probs.
 
         A model whose attention ignores packed ``position_ids`` lets tokens attend across sequence
         boundaries and trains on wrong log-probs without any error; this turns that into one.
         """
         self._packing_checked = True
+        inputs = leading_sequences(inputs)
         with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
             packed, tokens = self.sequence_logps(model, inputs)
             padded, _ = self.sequence_logps(model, unpack_to_padded(inputs, self.data_collator.pad_token_id))
