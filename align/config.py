@@ -397,9 +397,9 @@ class JudgeSettings(Section):
                             "take fewer where padding would cost more than another pass).")
     normalize: bool = Field(True, description="Reward model only: apply its training-set normalisation (mean 0, std 1).")
     precision: Literal["float32", "bfloat16", "int8"] = Field(
-        "float32", description="Reward model only: what its encoder computes in. bfloat16: 2.5x faster on a CPU with "
-        "AVX-512 bf16, scores within 2e-2, same accuracy; int8 (CPU only): 3.2-3.5x, but up to 0.7 off and 5% of pair "
-        "orders flip (benchmarks/results/reward_scorer.md).",
+        "float32", description="Reward model only: what its encoder computes in. bfloat16: about 3x faster on a CPU "
+        "with AVX-512 bf16, same fresh-pair accuracy; int8 (CPU only): a little faster still, but up to 0.7 off and 5% "
+        "of pair orders flip (benchmarks/results/reward_scorer.md).",
     )
     missing_eos_penalty: float | None = Field(
         None, ge=0, description="Subtracted from the score of a response cut at max_new_tokens without EOS."

@@ -55,9 +55,15 @@ def test_packed_document_sees_only_itself(tiny_llama_dir: Path, corpus: tuple[Pa
     trainer = pretrain_stage.build_trainer(recipe, model, tokenizer, _texts(DOMAIN), None, tmp_path / "out")
     texts = [DOMAIN[0], GENERAL[0]]
     assert pretrain_stage.check_document_attention(trainer, texts) < 1e-4
-    # The same two documents with positions that do not restart: the second one now sees the first.
+    # The same two documents without their boundaries (positions that do not restart, no cu_seq_lens): the
+    # second one now sees the first.
     collate = trainer.data_collator
-    trainer.data_collator = lambda rows: {**(b := collate(rows)), "position_ids": torch.arange(b["input_ids"].shape[1])[None]}
+
+    def unmarked(rows: list[dict]) -> dict:
+        batch = {k: v for k, v in collate(rows).items() if not k.startswith(("cu_seq_lens", "max_length"))}
+        return {**batch, "position_ids": torch.arange(batch["input_ids"].shape[1])[None]}
+
+    trainer.data_collator = unmarked
     with pytest.raises(RuntimeError, match="attention crosses document boundaries"):
         pretrain_stage.check_document_attention(trainer, texts)
 

@@ -142,6 +142,15 @@ def test_int8_quantises_a_copy_and_leaves_the_model_alone(model):
     assert_close(RewardScorer(model).score(PROMPTS, RESPONSES), before, atol=0, rtol=0)
 
 
+def test_bfloat16_scores_with_a_bfloat16_copy_and_leaves_the_model_alone(model):
+    before = RewardScorer(model).score(PROMPTS, RESPONSES)
+    scorer = RewardScorer(model, precision="bfloat16")
+    assert {p.dtype for p in scorer.model.encoder.parameters()} == {torch.bfloat16}
+    assert scorer.model.head.weight.dtype == torch.float32  # the head and pooled features stay float32
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert_close(RewardScorer(model).score(PROMPTS, RESPONSES), before, atol=0, rtol=0)
+
+
 def test_unknown_precision_names_the_key(model, tmp_path):
     from align.config import PPORecipe
     from align.recipe import RecipeError, load_recipe

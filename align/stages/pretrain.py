@@ -9,10 +9,11 @@ into ``max_length`` chunks, each its own document) and batches them padding-free
 micro-batch, ``position_ids`` restarting at 0 at every document, no attention mask, and no loss
 on a document's first token. What keeps a document from attending to its neighbours:
 
-- GPU, flash-attention 2/3: TRL passes the documents' boundaries (``cu_seq_lens``) to the kernel.
-- CPU or GPU with sdpa / eager attention: transformers builds a block-diagonal causal mask from
-  the restarting ``position_ids`` (``masking_utils.find_packed_sequence_indices``), which it does
-  only without an attention mask and without a KV cache; that mask costs (row tokens)^2 memory.
+- TRL passes the documents' boundaries (``cu_seq_lens``) to the model: flash-attention 2/3 and,
+  for models loaded on sdpa, ``align.models.packed_attention`` run each document's attention alone.
+- eager attention: transformers builds a block-diagonal causal mask from the restarting
+  ``position_ids`` (``masking_utils.find_packed_sequence_indices``), which it does only without
+  an attention mask and without a KV cache; that mask costs (row tokens)^2 memory and time.
 
 ``check_document_attention`` verifies this once, before training, on two of the run's own
 documents and stops the run if the model's attention lets a document see its neighbour.
@@ -39,6 +40,9 @@ from align.run import StageResult, finish_stage, prepare_run_dir
 from align.training import hf_training_kwargs, save_final_model, train_with_resume, trainer_callbacks
 
 logger = logging.getLogger("align.pretrain")
+
+# Sequence boundaries TRL's padding-free collator adds for varlen attention (flash-attention, align.models.packed_attention).
+_BOUNDARY_KEYS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")
 
 
 def run(recipe: PretrainRecipe) -> StageResult:
@@ -101,8 +105,9 @@ def check_document_attention(trainer: SFTTrainer, texts: list[str], tokens: int 
     was_training = model.training
     model.eval()
     try:
-        packed = model(input_ids=batch["input_ids"].to(device), position_ids=batch["position_ids"].to(device),
-                       use_cache=False).logits[0, len(docs[0]) : len(docs[0]) + len(docs[1])]  # (T2, V)
+        packed_inputs = {key: batch[key].to(device) if torch.is_tensor(batch[key]) else batch[key]
+                         for key in ("input_ids", "position_ids", *_BOUNDARY_KEYS) if key in batch}
+        packed = model(**packed_inputs, use_cache=False).logits[0, len(docs[0]) : len(docs[0]) + len(docs[1])]  # (T2, V)
         alone = model(input_ids=torch.tensor([docs[1]], device=device), use_cache=False).logits[0]  # (T2, V)
     finally:
         model.train(was_training)
