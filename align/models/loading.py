@@ -23,7 +23,8 @@ trained in turn (PPO rollouts, eval during training), so the repacking is switch
 (``support_avx512bf16_for_cpu = False``) on every ``Linear4bit`` of a model loaded on CPU.
 
 Models on ``sdpa`` attention are switched to ``align.models.packed_attention`` (the same
-attention, plus per-sequence attention for packed rows that carry ``cu_seq_lens``).
+attention, plus per-sequence attention for packed rows that carry ``cu_seq_lens``), and
+Llama-family MLPs and norms save fewer activations (``align.models.lean_activations``).
 """
 
 from __future__ import annotations
@@ -202,6 +203,7 @@ def _from_pretrained(loader: Callable[..., Any], source: str, cfg: ModelConfig, 
 def _load_causal_lm(cfg: ModelConfig, source: str, *, quantize_4bit: bool) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
+    from align.models.lean_activations import use_lean_activations
     from align.models.packed_attention import use_packed_attention
 
     kwargs: dict[str, Any] = {"dtype": torch_dtype(cfg.dtype), "trust_remote_code": cfg.trust_remote_code}
@@ -210,8 +212,9 @@ def _load_causal_lm(cfg: ModelConfig, source: str, *, quantize_4bit: bool) -> nn
     model = _from_pretrained(AutoModelForCausalLM.from_pretrained, source, cfg, **kwargs)
     if quantize_4bit and not torch.cuda.is_available():
         _disable_bnb_cpu_repacking(model)
-    if not cfg.trust_remote_code:  # remote code may test for "sdpa" by name
+    if not cfg.trust_remote_code:  # remote code may test for "sdpa" by name, or not be the classes we know
         use_packed_attention(model)
+        use_lean_activations(model)
     return model
 
 
