@@ -585,7 +585,8 @@ class DPOOptions(Section):
     )
     pack_row_tokens: int | None = Field(
         None, gt=0, description="padding_free: tokens per packed row (at least the longest sequence); null puts a "
-        "micro-batch in one row, best with flash-attention. On CPU/sdpa attention costs rows x row_tokens^2."
+        "micro-batch in one row. Attention runs per sequence either way (flash-attention's varlen kernels, or "
+        "align.models.packed_attention on sdpa); on eager attention a row costs row_tokens^2."
     )
     warn_window: int = Field(
         5, ge=0, description="Warn when the logged mean chosen log-prob falls steadily over this many logs; 0: never."

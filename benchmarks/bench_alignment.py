@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--ppo-lr", type=float, default=2e-5)
     parser.add_argument("--ppo-epochs", type=int, default=2)
     parser.add_argument("--ppo-minibatch", type=int, default=8, help="rollouts per optimizer step (16 a PPO iteration)")
+    parser.add_argument("--ppo-bf16", action="store_true", help="PPO with training.bf16 (bf16 autocast): run name ends -bf16")
     parser.add_argument("--value-lr", type=float, default=1e-3)
     parser.add_argument("--value-warmup", type=int, default=2, help="iterations that train the value head alone")
     parser.add_argument("--grpo", default="", help="comma-separated grpo and/or rloo: LoRA policies on the reward model")
@@ -303,7 +304,7 @@ def ppo(out: Path, kl: float, args: argparse.Namespace, rm_dir: str, force: bool
     from align.stages.ppo import run
 
     name = (f"ppo-kl{kl}-lr{args.ppo_lr:g}-vlr{args.value_lr:g}-e{args.ppo_epochs}-mb{args.ppo_minibatch}"
-            f"-i{args.ppo_iterations}")
+            f"-i{args.ppo_iterations}" + ("-bf16" if args.ppo_bf16 else ""))
     run_dir = out / name
     micro = min(8, args.ppo_minibatch)
     if StageResult.load(run_dir) is None or force:
@@ -316,7 +317,7 @@ def ppo(out: Path, kl: float, args: argparse.Namespace, rm_dir: str, force: bool
             "ppo": {"rollouts_per_iteration": 16, "epochs": args.ppo_epochs, "kl_coef": kl, "normalize_scores": True},
             "training": {"output_dir": str(run_dir), "max_steps": args.ppo_iterations, "per_device_batch_size": micro,
                          "gradient_accumulation_steps": args.ppo_minibatch // micro, "learning_rate": args.ppo_lr,
-                         "save_steps": None, "report_to": "none"}}))
+                         "bf16": args.ppo_bf16, "save_steps": None, "report_to": "none"}}))
 
 
 def grpo(out: Path, algorithm: str, args: argparse.Namespace, rm_dir: str, force: bool) -> None:

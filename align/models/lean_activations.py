@@ -68,6 +68,8 @@ class _RMSNorm(torch.autograd.Function):
         grad_weight = None
         if ctx.needs_input_grad[1]:
             grad_weight = (grad * normed.to(x.dtype)).reshape(-1, x.shape[-1]).sum(0).to(weight.dtype)
+        if not ctx.needs_input_grad[0]:  # a frozen embedding feeds the first norm
+            return None, grad_weight, None
         grad_normed = (grad * weight).float()
         grad_x = inv_rms * (grad_normed - normed * (grad_normed * normed).mean(-1, keepdim=True))
         return grad_x.to(x.dtype), grad_weight, None

@@ -41,11 +41,12 @@ def packed_sdpa(
 
     With ``cu_seq_lens_q`` (boundaries in the flattened ``B * T`` tokens) and no KV cache, returns
     ``(B, T, H, D)`` where each sequence attended causally to itself only; otherwise ``sdpa``'s result.
-    A sliding window shorter than the longest sequence also falls back to ``sdpa`` (its mask has the window).
+    A sliding window shorter than the longest sequence, or a layer that is not causal, also falls back
+    to ``sdpa`` (whose mask says what to attend to).
     """
     bounds = kwargs.get("cu_seq_lens_q")
     window = getattr(module, "sliding_window", None)
-    if (bounds is None or query.shape[2] != key.shape[2]
+    if (bounds is None or query.shape[2] != key.shape[2] or not getattr(module, "is_causal", True)
             or (window is not None and int(kwargs.get("max_length_q") or query.shape[2]) > window)):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)

@@ -6,14 +6,16 @@ Preference data has uneven lengths, so a padded batch of ``2B`` rows spends most
 compute on pad tokens. Here every sequence ``prompt + completion`` is laid end to end in
 one row (or a few, see ``row_tokens``) and ``position_ids`` restart at 0 at each sequence.
 
-Attention must not cross sequence boundaries. The model gets ``position_ids`` and **no**
-``attention_mask``: transformers (>= 4.56, checked on 5.x) then finds the sequence starts
-where the positions stop increasing by one (``masking_utils.find_packed_sequence_indices``)
-and builds a block-diagonal causal mask for eager and sdpa attention, or uses varlen
-kernels under flash-attention. ``tests/test_dpo_packing.py`` checks that packed and padded
-batches give the same loss and gradients on a Llama; the DPO trainer also compares the two
-on its first batch and stops if they differ (a model whose forward ignores packed
-``position_ids`` would otherwise train with attention leaking between sequences).
+Attention must not cross sequence boundaries. The model gets ``position_ids``, the sequence
+boundaries ``cu_seq_lens`` and **no** ``attention_mask``: flash-attention's varlen kernels and
+``align.models.packed_attention`` (what our models run on sdpa) attend within each sequence
+at the cost of its own length squared; on eager attention transformers (>= 4.56, checked on
+5.x) finds the sequence starts where the positions stop increasing by one
+(``masking_utils.find_packed_sequence_indices``) and builds a block-diagonal causal mask over
+the whole row. ``tests/test_dpo_packing.py`` checks that packed and padded batches give the
+same loss and gradients on a Llama; the DPO trainer also compares the two on the first
+batch's first two sequences and stops if they differ (a model whose forward ignores the
+boundaries would otherwise train with attention leaking between sequences).
 
 Torch only; no transformers import.
 """
