@@ -3,6 +3,7 @@
     python benchmarks/bench_dpo.py                       # SmolLM2-135M, 8 pairs, 2 steps of 4 pairs
     python benchmarks/bench_dpo.py --steps 2 --threads 2 --configs trl padded padding_free
     python benchmarks/bench_dpo.py --pairs 16 --batch 8 --malloc system jemalloc tcmalloc
+    python benchmarks/bench_dpo.py --configs padded --floor   # + what any run holds before activations
 
 Every configuration runs in its own subprocess (so ``ru_maxrss`` is its own peak) on the
 same model (full fine-tuning, float32), the same 8 chat pairs of uneven length (up to 256
@@ -142,6 +143,23 @@ def worker(name: str, data_file: Path, steps: int, batch: int, threads: int, che
     }
 
 
+def floor_worker() -> dict:
+    """Peak RSS of what every full fine-tuning run holds before any activation: the libraries a DPO process
+    imports, the policy, its float32 gradients and AdamW's two moments (after one step)."""
+    import torch
+    import trl  # noqa: F401 - imported by every DPO run, ours and the peer's
+
+    from align.config import ModelConfig
+    from align.models import load_policy
+
+    imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    model, _ = load_policy(ModelConfig(name_or_path=MODEL, method="full"))
+    for param in model.parameters():
+        param.grad = torch.zeros_like(param)
+    torch.optim.AdamW(model.parameters(), lr=1e-6).step()
+    return {"imports_mb": imports, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 def padding_share(data_file: Path, batch: int) -> float:
     """Share of pad tokens in the padded batches of this data (chosen and rejected padded together, as TRL does)."""
     from transformers import AutoTokenizer
@@ -176,10 +194,15 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true", help="on both sides (default: off on both)")
     parser.add_argument("--malloc", nargs="+", default=["system"], choices=list(ALLOCATORS),
                         help="run every config under each allocator (LD_PRELOAD); 'config@jemalloc' in the table")
+    parser.add_argument("--floor", action="store_true",
+                        help="also measure the memory floor: imports, the policy, its gradients and Adam states")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if args.worker == "floor":
+        print("RESULT " + json.dumps(floor_worker()))
+        return
     if args.worker:
         result = worker(args.worker, Path(args.data), args.steps, args.batch, args.threads,
                         args.gradient_checkpointing)
@@ -214,6 +237,11 @@ def main() -> None:
                 r = results[name]
                 print(f"  {name}: {r['tokens_per_s']:.0f} tok/s, {r['peak_rss_mb']:.0f} MB", flush=True)
     print_table(results)
+    if args.floor:
+        proc = subprocess.run([sys.executable, __file__, "--worker", "floor"], capture_output=True, text=True, cwd=ROOT)
+        floor = json.loads([line for line in proc.stdout.splitlines() if line.startswith("RESULT ")][-1][7:])
+        print(f"\nmemory floor: {floor['imports_mb']:.0f} MB after the imports, {floor['peak_rss_mb']:.0f} MB with the "
+              "policy, its gradients and AdamW's moments (no activations)")
 
 
 def print_table(results: dict[str, dict]) -> None:
