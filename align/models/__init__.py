@@ -5,7 +5,9 @@
 ``sources``: where weights come from (``resolve_model_source``, GGUF conversion and adapter merging,
 cached under ``$ALIGN_CACHE``); ``loading``: tokenizer, policy with its fine-tuning method, reference;
 ``freezing``: partial fine-tuning and gradual unfreezing (read its docstring before building an
-optimizer for a partial model).
+optimizer for a partial model). What every loaded causal LM runs: ``packed_attention`` (attention per
+sequence in packed rows) and ``lean_activations`` (MLPs and norms that save less for backward);
+``logprob_head``: DPO's per-token log-probs of completion tokens only.
 
 Names are imported on first use: ``import align.models`` stays cheap (importing
 ``transformers.TrainerCallback`` pulls in peft and bitsandbytes, seconds on a small CPU).
