@@ -100,7 +100,8 @@ class RewardScorer:
     ``precision`` is what the encoder computes in, for inference only: ``float32``; ``bfloat16``
     (a copy of the model with a bfloat16 encoder, ``bfloat16_copy``); ``int8`` (a dynamically
     quantised copy, CPU only). The copies are made here: later updates to ``model`` do not reach
-    them. See ``PRECISIONS`` for what each costs in accuracy.
+    them. See ``PRECISIONS`` for what each costs in accuracy (measured on CPU; a bf16 copy also
+    runs LayerNorm and the residual stream in bf16).
     """
 
     def __init__(

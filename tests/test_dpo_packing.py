@@ -100,7 +100,7 @@ def test_packing_without_position_reset_is_caught(tiny_llama_dir: Path, pairs_fi
     width = batch["input_ids"].size(1)
     batch["position_ids"] = torch.arange(width).unsqueeze(0)
     batch["cu_seq_lens"] = torch.tensor([0, width], dtype=torch.int32)
-    with pytest.raises(RuntimeError, match="does not respect packed position_ids"):
+    with pytest.raises(RuntimeError, match="does not keep packed sequences apart"):
         trainer.compute_loss(trainer.model, batch)
 
 

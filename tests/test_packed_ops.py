@@ -190,3 +190,17 @@ def test_lean_activations_save_less_for_the_same_values_and_gradients(tiny_llama
     # Measured: 0.70 of the stock bytes with full weights; 0.91 under LoRA, whose wrapped down projection
     # keeps the MLP product (and whose adapters save their own inputs).
     assert lean_bytes < (0.93 if method == "lora" else 0.75) * stock_bytes, (lean_bytes, stock_bytes)
+
+
+@pytest.mark.parametrize("extra", [{"sliding_window": 4}, {"softcap": 30.0}, {"position_bias": torch.zeros(1)},
+                                   {"is_causal": False}, {}])
+def test_what_per_sequence_attention_cannot_honour_goes_to_sdpa(extra: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A window shorter than a sequence, a softcap, a position bias or a non-causal call: sdpa's mask decides."""
+    monkeypatch.setattr(packed_attention, "sdpa_attention_forward", lambda *args, **kwargs: ("sdpa", None))
+    q, k = torch.randn(1, 4, 10, 8), torch.randn(1, 2, 10, 8)
+    bounds = torch.tensor([0, 6, 10], dtype=torch.int32)
+    module = torch.nn.Module()
+    out, _ = packed_attention.packed_sdpa(module, q, k, k.clone(), None, cu_seq_lens_q=bounds, max_length_q=6, **extra)
+    assert (out == "sdpa") == bool(extra)
+    if not extra:
+        assert out.shape == (1, 10, 4, 8)

@@ -49,13 +49,17 @@ def add_scored_logprob_head(model: nn.Module) -> bool:
         kwargs.pop("num_items_in_batch", None)  # it only scales a loss we do not compute
         kwargs["use_cache"] = False
         hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]  # (B, T-1, H)
+        head = self.get_output_embeddings()
+        hidden = hidden.to(head.weight.device)  # a model split across devices can end elsewhere than its head
         labels = labels[:, 1:].to(hidden.device)
         scored = labels != -100
-        head = self.get_output_embeddings()
-        per_token = linear_token_logprobs(
-            hidden[scored], head.weight, labels[scored], head.bias,
-            gathered=lambda: maybe_gather_lm_head_ctx(head.weight, head.bias),
-        )
+        # ZeRO-3 keeps the head's weight partitioned outside its own forward: gather it around the whole call
+        # (autograd records the weight's shape here) and again in backward, which recomputes the logits.
+        with maybe_gather_lm_head_ctx(head.weight, head.bias):
+            per_token = linear_token_logprobs(
+                hidden[scored], head.weight, labels[scored], head.bias,
+                gathered=lambda: maybe_gather_lm_head_ctx(head.weight, head.bias),
+            )
         # masked_scatter keeps the output attached to the graph even when nothing is scored.
         log_probs = hidden.new_zeros(scored.shape, dtype=torch.float32).masked_scatter(scored, per_token)
         return FusedCausalLMOutput(log_probs=log_probs, label_mask=scored)

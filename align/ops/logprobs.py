@@ -142,7 +142,8 @@ def linear_token_logprobs(
     and backward recomputes each chunk (one extra matmul; measured on 2 CPU cores for 800 tokens of
     a 49k vocabulary: 1.2 s forward + backward, against 1.6 s for TRL's chunked kernel on the same
     tokens and 1.1 s for the plain logits, which hold 157 MB and their gradient). Pass only the tokens
-    that are scored: cost is linear in N. ``gathered()`` wraps every read of the weight (ZeRO-3).
+    that are scored: cost is linear in N. ``gathered()`` wraps every read of the weight in backward
+    (ZeRO-3); the caller gathers it around this call, whose autograd records the weight's shape.
     """
     chunk = max(1, chunk_elements // weight.shape[0])
     return _LinearTokenLogprobs.apply(hidden, weight, bias, targets, chunk, gathered)

@@ -68,8 +68,8 @@ def pack_preference(
 
     - ``input_ids``, ``position_ids``, ``completion_mask``: ``(R, T)``
     - ``sequence_index``: ``(R, T)`` which sequence each token belongs to (``-1`` in a pad run)
-    - ``cu_seq_lens``: ``(S + 1,)`` int32, where each sequence (and pad run) starts in the flattened
-      ``R * T`` tokens, then ``R * T``: the boundaries varlen attention kernels take
+    - ``cu_seq_lens``: int32, where each sequence and each pad run starts in the flattened ``R * T``
+      tokens, then ``R * T``: the boundaries varlen attention kernels take
     - ``attention_mask``: ``(R, T)`` 1 on real tokens. For token counting only: it must not be
       given to the model, which would then stop reading sequence boundaries from the positions.
 

@@ -191,7 +191,8 @@ class AlignDPOTrainer(DPOTrainer):
             attn = getattr(self.accelerator.unwrap_model(model).config, "_attn_implementation", "?")
             raise RuntimeError(
                 f"dpo.padding_free: packed and padded log-probs differ by {gap:.3g} per token (tolerance {tolerance}) "
-                f"with attn_implementation={attn!r}: this model's attention does not respect packed position_ids. "
+                f"with attn_implementation={attn!r}: this model's attention does not keep packed sequences apart "
+                "(position_ids, cu_seq_lens). "
                 "Set dpo.padding_free=false."
             )
         logger.info("padding-free batches checked against padded on the first batch: max gap %.2g per token", gap)
