@@ -226,7 +226,7 @@ def test_recipe_defaults_and_single_loss_name() -> None:
     [
         ({"loss": ["sigmoid", "sft"], "loss_weights": [1.0]}, r"loss_weights=\[1.0\] needs one weight per loss in loss=\['sigmoid', 'sft'\]"),
         ({"label_smoothing": 0.1}, r"label_smoothing=0.1 is read only by the conservative and robust losses, but loss=\['sigmoid'\]"),
-        ({"pack_row_tokens": 512}, "pack_row_tokens=512 needs padding_free=true"),
+        ({"pack_row_tokens": 512, "padding_free": False}, "pack_row_tokens=512 needs padding_free=true"),
         ({"loss": ["sigmoid", "sigmoid"]}, "names a loss twice"),
         ({"loss": "kto"}, "dpo.loss.0"),
         ({"label_smoothing": 0.5, "loss": "robust"}, "dpo.label_smoothing"),

@@ -71,7 +71,8 @@ def loss_and_grads(trainer) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # 
                                                   ("eager", None), ("sdpa", 48)])
 def test_padding_free_matches_padded(tiny_llama_dir: Path, pairs_file: Path, tmp_path: Path, attn: str,
                                      row_tokens: int | None) -> None:
-    padded = trainer_for(make_recipe(tiny_llama_dir, pairs_file, tmp_path / "a", loss=["sigmoid", "sft"]), attn)
+    padded = trainer_for(make_recipe(tiny_llama_dir, pairs_file, tmp_path / "a", loss=["sigmoid", "sft"],
+                                     padding_free=False), attn)
     packed = trainer_for(make_recipe(tiny_llama_dir, pairs_file, tmp_path / "b", loss=["sigmoid", "sft"],
                                      padding_free=True, pack_row_tokens=row_tokens), attn)
     padded_batch = padded.data_collator([padded.train_dataset[i] for i in range(len(PAIRS))])
@@ -127,7 +128,7 @@ def test_padded_loss_matches_trl(tiny_llama_dir: Path, pairs_file: Path, tmp_pat
     from trl import DPOConfig, DPOTrainer
 
     ours = trainer_for(make_recipe(tiny_llama_dir, pairs_file, tmp_path / "ours", loss=loss, label_smoothing=smoothing,
-                                   beta=0.5))
+                                   beta=0.5, padding_free=False))
     torch.manual_seed(1)
     with torch.no_grad():  # move the policy so that the loss is not trivially log 2
         for p in ours.model.parameters():
@@ -145,3 +146,19 @@ def test_padded_loss_matches_trl(tiny_llama_dir: Path, pairs_file: Path, tmp_pat
         got = ours.compute_loss(ours.model, batch)
     assert expected.item() != pytest.approx(0.693147, abs=1e-3)
     assert_close(got, expected, **TOL)
+
+
+def test_packing_is_the_default_where_attention_keeps_sequences_apart(tiny_llama_dir: Path, pairs_file: Path,
+                                                                      tmp_path: Path) -> None:
+    from align.stages.dpo import packs_by_default
+    from align.stages.dpo.packing import DataCollatorForPackedPreference
+
+    recipe = make_recipe(tiny_llama_dir, pairs_file, tmp_path / "auto")  # dpo.padding_free unset
+    assert recipe.dpo.padding_free is None
+    trainer = trainer_for(recipe)  # loaded models run align's packed sdpa
+    assert isinstance(trainer.data_collator, DataCollatorForPackedPreference)
+    model = trainer.model
+    soft_prompt = recipe.model_copy(update={"model": recipe.model.model_copy(update={"method": "prompt_tuning"})})
+    assert not packs_by_default(model, soft_prompt)  # a soft prompt is prepended once per row
+    model.set_attn_implementation("eager")  # would pay the whole row squared
+    assert not packs_by_default(model, recipe)

@@ -102,10 +102,22 @@ def build_trainer(recipe: DPORecipe, model, reference, tokenizer, train, eval_da
         loss_weights=options.loss_weights,
         label_smoothing=options.label_smoothing,
         simpo_gamma=options.simpo_gamma,
-        padding_free=options.padding_free,
+        padding_free=options.padding_free if options.padding_free is not None else packs_by_default(model, recipe),
         pack_row_tokens=options.pack_row_tokens,
     )
     return trainer, monitor
+
+
+def packs_by_default(model, recipe: DPORecipe) -> bool:  # noqa: ANN001
+    """``dpo.padding_free: null``: pack when the policy's attention keeps packed sequences apart at their own cost.
+
+    That is ``align.models.packed_attention`` (what a loaded model on sdpa runs) or flash-attention's
+    varlen kernels; eager attention would pay the whole row squared, and a soft prompt cannot pack.
+    """
+    from align.models.packed_attention import NAME
+
+    attention = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    return recipe.model.method != "prompt_tuning" and attention in (NAME, "flash_attention_2", "flash_attention_3")
 
 
 def last_logged(trainer, keys: tuple[str, ...]) -> dict[str, float]:  # noqa: ANN001
@@ -141,4 +153,4 @@ def _evaluate(trainer, recipe: DPORecipe, eval_data, out: Path) -> dict[str, flo
     )
 
 
-__all__ = ["build_trainer", "held_out_warning", "last_logged", "run"]
+__all__ = ["build_trainer", "held_out_warning", "last_logged", "packs_by_default", "run"]

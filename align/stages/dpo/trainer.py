@@ -143,7 +143,7 @@ class AlignDPOTrainer(DPOTrainer):
 
     def _compute_loss(self, model, inputs, return_outputs):  # noqa: ANN001, ANN202 - TRL's signature
         mode = "train" if self.model.training else "eval"
-        if not self._packing_checked:
+        if not self._packing_checked and "sequence_index" in inputs:  # a padded batch has nothing to check
             self._check_packing(model, inputs)
         logps, tokens = self.sequence_logps(model, inputs)
         if self._reference_free:
