@@ -583,7 +583,7 @@ class DPOOptions(Section):
         None, description="Pack chosen and rejected sequences into rows without pad tokens, positions restarting "
         "at each sequence; same loss as padded. null: on when the policy's attention keeps packed sequences apart "
         "at their own cost (align's packed sdpa, what loaded models run on sdpa; flash-attention) and model.method "
-        "is not prompt_tuning: on CPU 1.35-1.40x the padded speed at 0.68-0.75x its memory "
+        "is not prompt_tuning: on CPU 1.35-1.47x the padded speed at 0.75-0.82x its memory "
         "(benchmarks/results/dpo.md)."
     )
     pack_row_tokens: int | None = Field(
