@@ -201,6 +201,6 @@ def test_what_per_sequence_attention_cannot_honour_goes_to_sdpa(extra: dict, mon
     bounds = torch.tensor([0, 6, 10], dtype=torch.int32)
     module = torch.nn.Module()
     out, _ = packed_attention.packed_sdpa(module, q, k, k.clone(), None, cu_seq_lens_q=bounds, max_length_q=6, **extra)
-    assert (out == "sdpa") == bool(extra)
+    assert isinstance(out, str) == bool(extra)  # the sdpa stand-in returns a string
     if not extra:
         assert out.shape == (1, 10, 4, 8)
